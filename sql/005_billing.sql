@@ -1,0 +1,442 @@
+-- The billing state machine (DESIGN.md §5) as set-based SQL functions.
+-- The daemon calls them through lib/db; tests call them directly. Every
+-- function takes the configuration it needs as arguments: the database
+-- holds state, the config file holds policy.
+--
+-- Time: business time (due dates, dunning, succeeded_at) is pl_now(), the
+-- test clock in a test database; leases and reconciliation checks are about
+-- live processes and a live gateway, so they use the real now().
+
+-- ---------------------------------------------------------------------------
+-- Materialise: pledges whose next period has come get their charge rows and
+-- advance. With catch_up 'latest' only the newest missed period is charged;
+-- older ones are recorded as skipped ('missed_window'). One batch per call;
+-- the caller repeats until a call returns pledges = 0.
+CREATE FUNCTION pl_materialise(p_tz text, p_charge_time time, p_catch_up text,
+                               p_batch integer, p_actor text)
+RETURNS TABLE (pledges integer, scheduled integer, skipped integer)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now   timestamptz := pl_now();
+    v_today date := (pl_now() AT TIME ZONE p_tz)::date;
+BEGIN
+    IF p_catch_up NOT IN ('latest', 'all') THEN
+        RAISE EXCEPTION 'catch_up must be latest or all, not %', p_catch_up
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    RETURN QUERY
+    WITH RECURSIVE due AS (
+        SELECT p.id, p.donor_id, p.anchor_day, p.interval_months, p.next_charge_on, p.end_on,
+               p.amount_minor, p.currency, p.fund
+        FROM pledge p
+        WHERE p.status IN ('active', 'past_due')
+          AND p.next_charge_on <= v_today
+          AND pl_due_at(p.next_charge_on, p_tz, p_charge_time) <= v_now
+        ORDER BY p.next_charge_on, p.id
+        LIMIT p_batch
+        FOR UPDATE SKIP LOCKED
+    ), periods AS (
+        SELECT d.id AS pledge_id, d.next_charge_on AS period
+        FROM due d
+        UNION ALL
+        SELECT pr.pledge_id, pl_period_after(d.anchor_day, d.interval_months, pr.period)
+        FROM periods pr
+        JOIN due d ON d.id = pr.pledge_id
+        WHERE pl_due_at(pl_period_after(d.anchor_day, d.interval_months, pr.period),
+                        p_tz, p_charge_time) <= v_now
+    ), bounded AS (
+        SELECT pr.pledge_id, pr.period
+        FROM periods pr JOIN due d ON d.id = pr.pledge_id
+        WHERE d.end_on IS NULL OR pr.period <= d.end_on
+    ), last AS (
+        SELECT pr.pledge_id, max(pr.period) AS last_period
+        FROM periods pr GROUP BY pr.pledge_id
+    ), todo AS (
+        SELECT b.pledge_id, b.period, d.donor_id, d.amount_minor, d.currency, d.fund,
+               CASE WHEN p_catch_up = 'latest' AND b.period < l.last_period
+                    THEN 'skipped' ELSE 'scheduled' END AS status
+        FROM bounded b
+        JOIN due d ON d.id = b.pledge_id
+        JOIN last l ON l.pledge_id = b.pledge_id
+    ), ins AS (
+        INSERT INTO charge (pledge_id, donor_id, period, amount_minor, currency, fund, status,
+                            due_at, next_attempt_at, skip_reason, created_at, updated_at)
+        SELECT r.pledge_id, r.donor_id, r.period, r.amount_minor, r.currency, r.fund, r.status,
+               pl_due_at(r.period, p_tz, p_charge_time),
+               CASE WHEN r.status = 'scheduled' THEN pl_due_at(r.period, p_tz, p_charge_time) END,
+               CASE WHEN r.status = 'skipped' THEN 'missed_window' END,
+               v_now, v_now
+        FROM todo r
+        ON CONFLICT (pledge_id, period) DO NOTHING
+        RETURNING id, pledge_id, period, status
+    ), adv AS (
+        UPDATE pledge p
+        SET next_charge_on = n.next_on,
+            status = CASE WHEN p.end_on IS NOT NULL AND n.next_on > p.end_on
+                          THEN 'cancelled' ELSE p.status END,
+            cancelled_at = CASE WHEN p.end_on IS NOT NULL AND n.next_on > p.end_on
+                                THEN v_now ELSE p.cancelled_at END,
+            cancel_reason = CASE WHEN p.end_on IS NOT NULL AND n.next_on > p.end_on
+                                 THEN 'end date reached' ELSE p.cancel_reason END,
+            updated_at = v_now
+        FROM (SELECT l.pledge_id,
+                     pl_period_after(d.anchor_day, d.interval_months, l.last_period) AS next_on
+              FROM last l JOIN due d ON d.id = l.pledge_id) n
+        WHERE p.id = n.pledge_id
+        RETURNING p.id
+    ), ev AS (
+        INSERT INTO event (at, actor, entity, entity_id, action, detail)
+        SELECT v_now, p_actor, 'charge', i.id, i.status,
+               jsonb_build_object('pledge_id', i.pledge_id, 'period', i.period)
+                 || CASE WHEN i.status = 'skipped'
+                         THEN jsonb_build_object('reason', 'missed_window') ELSE '{}' END
+        FROM ins i
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM adv)::integer,
+           (SELECT count(*) FROM ins WHERE ins.status = 'scheduled')::integer,
+           (SELECT count(*) FROM ins WHERE ins.status = 'skipped')::integer
+    FROM (SELECT count(*) FROM ev) AS force_events;
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- Claim: take up to p_limit charges for this node and say what to do with
+-- each. Three kinds of work, in this order:
+--   recover  charges leased to a dead sender (lease expired, or leased to
+--            this very node when p_recover_own is true at start-up): the
+--            open attempt is resent with the same key inside the
+--            idempotency window, looked up by key after it;
+--   check    charges whose attempt outcome is unknown and whose next check
+--            is due (or all of them when p_check_all, for --once);
+--   send     due charges (scheduled, or retry_wait whose time has come):
+--            a new attempt row with key pledged-<charge>-<attempt> is
+--            inserted, using the pledge's current amount and payment
+--            method. A charge whose pledge has no usable payment method
+--            fails at once (visible, never silently dropped).
+-- The lease and the attempt are committed when this statement commits,
+-- before anything is sent (write-ahead intent).
+CREATE FUNCTION pl_claim(p_owner text, p_limit integer, p_lease interval,
+                         p_window interval, p_recover_own boolean, p_check_all boolean,
+                         p_actor text)
+RETURNS TABLE (charge_id bigint, attempt_no integer, idempotency_key text, mode text,
+               amount_minor bigint, currency char(3), customer_ref text, token text,
+               gateway text, donor_id bigint, pledge_id bigint, period date, fund text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now     timestamptz := pl_now();
+    v_real    timestamptz := now();
+    v_left    integer := p_limit;
+    r         record;
+    v_attempt integer;
+    v_key     text;
+BEGIN
+    -- 1. recover expired (or our own, at start-up) leases
+    FOR r IN
+        SELECT c.id, a.attempt_no AS ano, a.idempotency_key AS akey, a.started_at,
+               a.amount_minor AS amt, a.currency AS cur, m.customer_ref AS cref, m.token AS tok,
+               m.gateway AS gw, c.donor_id AS did, c.pledge_id AS pid, c.period AS per,
+               c.fund AS f, c.lease_owner
+        FROM charge c
+        JOIN charge_attempt a ON a.charge_id = c.id AND a.state IN ('in_flight', 'unknown')
+        LEFT JOIN payment_method m ON m.id = a.payment_method_id
+        WHERE c.status = 'processing'
+          AND (c.lease_expires_at < v_real OR (p_recover_own AND c.lease_owner = p_owner))
+        ORDER BY c.lease_expires_at
+        LIMIT v_left
+        FOR UPDATE OF c SKIP LOCKED
+    LOOP
+        UPDATE charge SET lease_owner = p_owner, lease_expires_at = v_real + p_lease,
+                          updated_at = v_now
+        WHERE id = r.id;
+        INSERT INTO event (at, actor, entity, entity_id, action, detail)
+        VALUES (v_now, p_actor, 'charge', r.id, 'recovered',
+                jsonb_build_object('from', r.lease_owner, 'attempt', r.akey));
+        charge_id := r.id; attempt_no := r.ano; idempotency_key := r.akey;
+        mode := CASE WHEN v_real - r.started_at < p_window THEN 'resend' ELSE 'lookup' END;
+        amount_minor := r.amt; currency := r.cur; customer_ref := r.cref; token := r.tok;
+        gateway := r.gw; donor_id := r.did; pledge_id := r.pid; period := r.per; fund := r.f;
+        RETURN NEXT;
+        v_left := v_left - 1;
+    END LOOP;
+
+    -- 2. unknown outcomes due for a check
+    IF v_left > 0 THEN
+        FOR r IN
+            SELECT c.id, a.attempt_no AS ano, a.idempotency_key AS akey, a.started_at,
+                   a.amount_minor AS amt, a.currency AS cur, m.customer_ref AS cref,
+                   m.token AS tok, m.gateway AS gw, c.donor_id AS did, c.pledge_id AS pid,
+                   c.period AS per, c.fund AS f
+            FROM charge c
+            JOIN charge_attempt a ON a.charge_id = c.id AND a.state = 'unknown'
+            LEFT JOIN payment_method m ON m.id = a.payment_method_id
+            WHERE c.status = 'unknown' AND (p_check_all OR a.next_check_at <= v_real)
+            ORDER BY a.next_check_at
+            LIMIT v_left
+            FOR UPDATE OF c SKIP LOCKED
+        LOOP
+            UPDATE charge SET status = 'processing', lease_owner = p_owner,
+                              lease_expires_at = v_real + p_lease, updated_at = v_now
+            WHERE id = r.id;
+            charge_id := r.id; attempt_no := r.ano; idempotency_key := r.akey;
+            mode := CASE WHEN v_real - r.started_at < p_window THEN 'resend' ELSE 'lookup' END;
+            amount_minor := r.amt; currency := r.cur; customer_ref := r.cref; token := r.tok;
+            gateway := r.gw; donor_id := r.did; pledge_id := r.pid; period := r.per;
+            fund := r.f;
+            RETURN NEXT;
+            v_left := v_left - 1;
+        END LOOP;
+    END IF;
+
+    -- 3. due charges: a new attempt each
+    IF v_left > 0 THEN
+        FOR r IN
+            SELECT c.id, c.donor_id AS did, c.pledge_id AS pid, c.period AS per, c.fund AS f,
+                   p.amount_minor AS amt, p.currency AS cur, p.payment_method_id AS pmid,
+                   m.status AS mstatus, m.customer_ref AS cref, m.token AS tok,
+                   m.gateway AS gw
+            FROM charge c
+            JOIN pledge p ON p.id = c.pledge_id
+            LEFT JOIN payment_method m ON m.id = p.payment_method_id
+            WHERE c.status IN ('scheduled', 'retry_wait') AND c.next_attempt_at <= v_now
+            ORDER BY c.next_attempt_at, c.id
+            LIMIT v_left
+            FOR UPDATE OF c SKIP LOCKED
+        LOOP
+            IF r.pmid IS NULL OR r.mstatus <> 'active' THEN
+                UPDATE charge SET status = 'failed', failure_code = 'payment_method_invalid',
+                                  next_attempt_at = NULL, updated_at = v_now
+                WHERE id = r.id;
+                UPDATE pledge SET status = 'needs_payment_method', updated_at = v_now
+                WHERE id = r.pid AND status IN ('active', 'past_due');
+                INSERT INTO event (at, actor, entity, entity_id, action, detail)
+                VALUES (v_now, p_actor, 'charge', r.id, 'failed',
+                        jsonb_build_object('reason', 'payment_method_invalid'));
+                CONTINUE;
+            END IF;
+            SELECT coalesce(max(a.attempt_no), 0) + 1 INTO v_attempt
+            FROM charge_attempt a WHERE a.charge_id = r.id;
+            v_key := 'pledged-' || r.id || '-' || v_attempt;
+            INSERT INTO charge_attempt (charge_id, attempt_no, idempotency_key, payment_method_id,
+                                        amount_minor, currency, state, started_at)
+            VALUES (r.id, v_attempt, v_key, r.pmid, r.amt, r.cur, 'in_flight', v_real);
+            UPDATE charge SET status = 'processing', lease_owner = p_owner,
+                              lease_expires_at = v_real + p_lease, amount_minor = r.amt,
+                              updated_at = v_now
+            WHERE id = r.id;
+            charge_id := r.id; attempt_no := v_attempt; idempotency_key := v_key;
+            mode := 'send'; amount_minor := r.amt; currency := r.cur; customer_ref := r.cref;
+            token := r.tok; gateway := r.gw; donor_id := r.did; pledge_id := r.pid;
+            period := r.per; fund := r.f;
+            RETURN NEXT;
+            v_left := v_left - 1;
+        END LOOP;
+    END IF;
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- Record one outcome. Guarded by status = 'processing' AND lease_owner = me
+-- and by the attempt still being open, so a late or duplicate result
+-- changes nothing (returns 'stale'). Outcome classes (DESIGN.md §5):
+-- succeeded, declined_soft, declined_hard, action_required, unknown, halt,
+-- and not_found (a lookup after the idempotency window found no trace of
+-- the attempt: it never executed, so the charge may get a new key).
+CREATE FUNCTION pl_record(p_owner text, p_charge bigint, p_attempt integer, p_outcome text,
+                          p_http_status integer, p_gateway_ref text, p_request_id text,
+                          p_error_type text, p_error_code text, p_decline_code text,
+                          p_advice_code text, p_message text, p_fee_minor bigint,
+                          p_sends integer, p_retry_schedule interval[], p_lapse_after integer,
+                          p_reconcile_schedule interval[], p_actor text)
+RETURNS text
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now     timestamptz := pl_now();
+    v_real    timestamptz := now();
+    c         charge%ROWTYPE;
+    a         charge_attempt%ROWTYPE;
+    v_checks  integer;
+    v_failed  boolean := false;
+    v_detail  jsonb;
+BEGIN
+    SELECT * INTO c FROM charge WHERE id = p_charge FOR UPDATE;
+    IF NOT FOUND OR c.status <> 'processing' OR c.lease_owner IS DISTINCT FROM p_owner THEN
+        RETURN 'stale';
+    END IF;
+    SELECT * INTO a FROM charge_attempt
+    WHERE charge_id = p_charge AND attempt_no = p_attempt AND state IN ('in_flight', 'unknown')
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'stale';
+    END IF;
+
+    v_detail := jsonb_strip_nulls(jsonb_build_object(
+        'attempt', a.idempotency_key, 'outcome', p_outcome, 'http_status', p_http_status,
+        'gateway_ref', p_gateway_ref, 'request_id', p_request_id, 'error_code', p_error_code,
+        'decline_code', p_decline_code, 'advice_code', p_advice_code));
+
+    IF p_outcome = 'halt' THEN
+        -- The gateway refused our credentials: nothing executed. The attempt
+        -- is withdrawn so no donor's attempt is burned; the charge goes back
+        -- exactly as it was.
+        DELETE FROM charge_attempt WHERE id = a.id;
+        UPDATE charge SET status = CASE WHEN c.dunning_attempts > 0 THEN 'retry_wait'
+                                        ELSE 'scheduled' END,
+                          lease_owner = NULL, lease_expires_at = NULL
+        WHERE id = c.id;
+        RETURN 'halted';
+    END IF;
+
+    UPDATE charge_attempt SET
+        outcome = p_outcome,
+        sends = sends + coalesce(p_sends, 0),
+        http_status = coalesce(p_http_status, http_status),
+        gateway_ref = coalesce(p_gateway_ref, gateway_ref),
+        request_id = coalesce(p_request_id, request_id),
+        error_type = p_error_type, error_code = p_error_code, decline_code = p_decline_code,
+        advice_code = p_advice_code, message = left(p_message, 1000),
+        last_sent_at = CASE WHEN coalesce(p_sends, 0) > 0 THEN v_real ELSE last_sent_at END
+    WHERE id = a.id;
+
+    IF p_outcome = 'succeeded' THEN
+        UPDATE charge_attempt SET state = 'succeeded', finished_at = v_real, next_check_at = NULL
+        WHERE id = a.id;
+        UPDATE charge SET status = 'succeeded', succeeded_at = v_now, gateway_ref = p_gateway_ref,
+                          fee_minor = p_fee_minor, amount_minor = a.amount_minor,
+                          currency = a.currency, failure_code = NULL, decline_code = NULL,
+                          next_attempt_at = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                          updated_at = v_now
+        WHERE id = c.id;
+        UPDATE pledge SET failed_periods = 0,
+                          status = CASE WHEN status = 'past_due' THEN 'active' ELSE status END,
+                          updated_at = v_now
+        WHERE id = c.pledge_id;
+
+    ELSIF p_outcome = 'declined_soft' THEN
+        UPDATE charge_attempt SET state = 'declined', finished_at = v_real, next_check_at = NULL
+        WHERE id = a.id;
+        IF c.dunning_attempts < coalesce(array_length(p_retry_schedule, 1), 0) THEN
+            UPDATE charge SET status = 'retry_wait', dunning_attempts = dunning_attempts + 1,
+                              next_attempt_at = v_now + p_retry_schedule[c.dunning_attempts + 1],
+                              failure_code = p_error_code, decline_code = p_decline_code,
+                              lease_owner = NULL, lease_expires_at = NULL, updated_at = v_now
+            WHERE id = c.id;
+            UPDATE pledge SET status = 'past_due', updated_at = v_now
+            WHERE id = c.pledge_id AND status = 'active';
+            p_outcome := 'retry_wait';
+        ELSE
+            UPDATE charge SET status = 'failed', failure_code = p_error_code,
+                              decline_code = p_decline_code, next_attempt_at = NULL,
+                              lease_owner = NULL, lease_expires_at = NULL, updated_at = v_now
+            WHERE id = c.id;
+            v_failed := true;
+        END IF;
+
+    ELSIF p_outcome = 'declined_hard' THEN
+        UPDATE charge_attempt SET state = 'declined', finished_at = v_real, next_check_at = NULL
+        WHERE id = a.id;
+        UPDATE charge SET status = 'failed', failure_code = p_error_code,
+                          decline_code = p_decline_code, next_attempt_at = NULL,
+                          lease_owner = NULL, lease_expires_at = NULL, updated_at = v_now
+        WHERE id = c.id;
+        UPDATE payment_method SET status = 'invalid',
+                                  invalid_reason = coalesce(p_decline_code, p_error_code,
+                                                            'declined'),
+                                  updated_at = v_now
+        WHERE id = a.payment_method_id AND status = 'active';
+        INSERT INTO event (at, actor, entity, entity_id, action, detail)
+        SELECT v_now, p_actor, 'payment_method', a.payment_method_id, 'invalidated', v_detail
+        WHERE a.payment_method_id IS NOT NULL;
+        UPDATE pledge SET status = 'needs_payment_method', updated_at = v_now,
+                          failed_periods = failed_periods + 1
+        WHERE id = c.pledge_id AND status IN ('active', 'past_due');
+
+    ELSIF p_outcome = 'action_required' THEN
+        UPDATE charge_attempt SET state = 'action_required', finished_at = v_real,
+                                  next_check_at = NULL
+        WHERE id = a.id;
+        UPDATE charge SET status = 'action_required', failure_code = p_error_code,
+                          decline_code = p_decline_code, next_attempt_at = NULL,
+                          lease_owner = NULL, lease_expires_at = NULL, updated_at = v_now
+        WHERE id = c.id;
+        v_failed := true;
+
+    ELSIF p_outcome = 'unknown' THEN
+        SELECT count(*) INTO v_checks FROM event
+        WHERE entity = 'charge' AND entity_id = c.id AND action = 'unknown'
+          AND detail->>'attempt' = a.idempotency_key;
+        UPDATE charge_attempt SET state = 'unknown',
+            next_check_at = v_real + coalesce(
+                p_reconcile_schedule[least(v_checks + 1,
+                                           coalesce(array_length(p_reconcile_schedule, 1), 1))],
+                interval '1 minute')
+        WHERE id = a.id;
+        UPDATE charge SET status = 'unknown', lease_owner = NULL, lease_expires_at = NULL,
+                          updated_at = v_now
+        WHERE id = c.id;
+
+    ELSIF p_outcome = 'not_found' THEN
+        -- Looked up after the idempotency window: the gateway never executed
+        -- this attempt. It is closed as an error and the charge may be tried
+        -- again under a new key.
+        UPDATE charge_attempt SET state = 'error', finished_at = v_real, next_check_at = NULL,
+                                  error_code = coalesce(p_error_code, 'not_found_at_gateway')
+        WHERE id = a.id;
+        UPDATE charge SET status = CASE WHEN c.dunning_attempts > 0 THEN 'retry_wait'
+                                        ELSE 'scheduled' END,
+                          next_attempt_at = v_now, lease_owner = NULL, lease_expires_at = NULL,
+                          updated_at = v_now
+        WHERE id = c.id;
+
+    ELSE
+        RAISE EXCEPTION 'unknown outcome %', p_outcome USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    IF v_failed THEN
+        UPDATE pledge SET failed_periods = failed_periods + 1, updated_at = v_now,
+                          status = CASE WHEN status = 'past_due' THEN 'active' ELSE status END
+        WHERE id = c.pledge_id;
+        UPDATE pledge SET status = 'lapsed', updated_at = v_now, next_charge_on = NULL
+        WHERE id = c.pledge_id AND failed_periods >= p_lapse_after
+          AND status IN ('active', 'past_due');
+        IF FOUND THEN
+            INSERT INTO event (at, actor, entity, entity_id, action, detail)
+            VALUES (v_now, p_actor, 'pledge', c.pledge_id, 'lapsed',
+                    jsonb_build_object('failed_periods', p_lapse_after));
+        END IF;
+    END IF;
+
+    INSERT INTO event (at, actor, entity, entity_id, action, detail)
+    VALUES (v_now, p_actor, 'charge', c.id,
+            CASE p_outcome WHEN 'declined_soft' THEN 'failed'
+                           WHEN 'declined_hard' THEN 'failed'
+                           ELSE p_outcome END,
+            v_detail);
+    RETURN p_outcome;
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- A daemon's heartbeat and halt flag, for `pledgectl status` and operators.
+CREATE FUNCTION pl_node_report(p_node text, p_pid integer, p_version text, p_halted boolean,
+                               p_halt_reason text, p_status_line text)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO daemon_node (node_name, pid, version, started_at, last_seen_at, halted,
+                             halt_reason, status_line)
+    VALUES (p_node, p_pid, p_version, now(), now(), p_halted, p_halt_reason, p_status_line)
+    ON CONFLICT (node_name) DO UPDATE
+    SET pid = EXCLUDED.pid, version = EXCLUDED.version, last_seen_at = now(),
+        halted = EXCLUDED.halted, halt_reason = EXCLUDED.halt_reason,
+        status_line = EXCLUDED.status_line,
+        started_at = CASE WHEN daemon_node.pid IS DISTINCT FROM EXCLUDED.pid
+                          THEN now() ELSE daemon_node.started_at END
+$$;
+
+-- On halt the daemon withdraws the attempt it never got to make.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pledged_daemon') THEN
+        GRANT DELETE ON charge_attempt TO pledged_daemon;
+    END IF;
+END $$;
