@@ -305,6 +305,34 @@ out:
     return r;
 }
 
+int pl_schema_check_rows(size_t n, const int *versions, const char *const *sha256s, char *err,
+                         size_t errlen)
+{
+    struct applied_row *rows = pl_xcalloc(n, sizeof(*rows));
+    for (size_t i = 0; i < n; i++) {
+        rows[i].version = versions[i];
+        if (versions[i] >= 1 && versions[i] <= pl_schema_latest())
+            pl_strlcpy(rows[i].name, pl_migrations[versions[i] - 1].name, sizeof(rows[i].name));
+        else
+            snprintf(rows[i].name, sizeof(rows[i].name), "version %d", versions[i]);
+        pl_strlcpy(rows[i].sha, sha256s[i] ? sha256s[i] : "", sizeof(rows[i].sha));
+    }
+    int r = verify_applied(rows, n, err, errlen);
+    if (r == 0 && (int)n < pl_schema_latest()) {
+        if (n == 0)
+            snprintf(err, errlen,
+                     "the database has no pledged schema: run `pledgectl migrate` first");
+        else
+            snprintf(err, errlen,
+                     "the database schema is at version %d but this pledged needs %d: run "
+                     "`pledgectl migrate`",
+                     rows[n - 1].version, pl_schema_latest());
+        r = PL_ESCHEMA;
+    }
+    free(rows);
+    return r;
+}
+
 int pl_schema_check(PGconn *conn, char *err, size_t errlen)
 {
     struct applied_row *applied;
@@ -312,18 +340,15 @@ int pl_schema_check(PGconn *conn, char *err, size_t errlen)
     int r = read_applied(conn, &applied, &napplied, err, errlen);
     if (r < 0)
         return r;
-    r = verify_applied(applied, napplied, err, errlen);
-    if (r == 0 && (int)napplied < pl_schema_latest()) {
-        if (napplied == 0)
-            snprintf(err, errlen,
-                     "the database has no pledged schema: run `pledgectl migrate` first");
-        else
-            snprintf(err, errlen,
-                     "the database schema is at version %d but this pledged needs %d: run "
-                     "`pledgectl migrate`",
-                     applied[napplied - 1].version, pl_schema_latest());
-        r = PL_ESCHEMA;
+    int *versions = pl_xcalloc(napplied, sizeof(*versions));
+    const char **shas = pl_xcalloc(napplied, sizeof(*shas));
+    for (size_t i = 0; i < napplied; i++) {
+        versions[i] = applied[i].version;
+        shas[i] = applied[i].sha;
     }
+    r = pl_schema_check_rows(napplied, versions, shas, err, errlen);
+    free(versions);
+    free(shas);
     free(applied);
     return r;
 }

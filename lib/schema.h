@@ -75,4 +75,10 @@ int pl_schema_migrate(PGconn *conn, bool test_mode, pl_schema_applied_fn on_appl
  */
 int pl_schema_check(PGconn *conn, char *err, size_t errlen);
 
+/* SQL returning (version, sha256) of the applied migrations, in order, and
+ * the check of its rows, for callers that query asynchronously (the daemon). */
+#define PL_SCHEMA_APPLIED_SQL "SELECT version, sha256 FROM schema_migrations ORDER BY version"
+int pl_schema_check_rows(size_t n, const int *versions, const char *const *sha256s, char *err,
+                         size_t errlen);
+
 #endif

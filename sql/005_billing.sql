@@ -105,11 +105,14 @@ END $$;
 -- Claim: take up to p_limit charges for this node and say what to do with
 -- each. Three kinds of work, in this order:
 --   recover  charges leased to a dead sender (lease expired, or leased to
---            this very node when p_recover_own is true at start-up): the
+--            this very node by a process that ran before
+--            p_recover_own_before, i.e. before this one started): the
 --            open attempt is resent with the same key inside the
 --            idempotency window, looked up by key after it;
 --   check    charges whose attempt outcome is unknown and whose next check
---            is due (or all of them when p_check_all, for --once);
+--            is due, or whose attempt was last sent before
+--            p_check_sent_before (--once checks everything left from before
+--            its pass at once);
 --   send     due charges (scheduled, or retry_wait whose time has come):
 --            a new attempt row with key pledged-<charge>-<attempt> is
 --            inserted, using the pledge's current amount and payment
@@ -118,9 +121,11 @@ END $$;
 -- The lease and the attempt are committed when this statement commits,
 -- before anything is sent (write-ahead intent).
 CREATE FUNCTION pl_claim(p_owner text, p_limit integer, p_lease interval,
-                         p_window interval, p_recover_own boolean, p_check_all boolean,
+                         p_window interval, p_recover_own_before timestamptz,
+                         p_check_sent_before timestamptz,
                          p_actor text)
 RETURNS TABLE (charge_id bigint, attempt_no integer, idempotency_key text, mode text,
+               recovered boolean,
                amount_minor bigint, currency char(3), customer_ref text, token text,
                gateway text, donor_id bigint, pledge_id bigint, period date, fund text)
 LANGUAGE plpgsql AS $$
@@ -143,7 +148,8 @@ BEGIN
         JOIN charge_attempt a ON a.charge_id = c.id AND a.state IN ('in_flight', 'unknown')
         LEFT JOIN payment_method m ON m.id = a.payment_method_id
         WHERE c.status = 'processing'
-          AND (c.lease_expires_at < v_real OR (p_recover_own AND c.lease_owner = p_owner))
+          AND (c.lease_expires_at < v_real
+               OR (c.lease_owner = p_owner AND c.lease_expires_at < p_recover_own_before + p_lease))
         ORDER BY c.lease_expires_at
         LIMIT v_left
         FOR UPDATE OF c SKIP LOCKED
@@ -156,6 +162,7 @@ BEGIN
                 jsonb_build_object('from', r.lease_owner, 'attempt', r.akey));
         charge_id := r.id; attempt_no := r.ano; idempotency_key := r.akey;
         mode := CASE WHEN v_real - r.started_at < p_window THEN 'resend' ELSE 'lookup' END;
+        recovered := true;
         amount_minor := r.amt; currency := r.cur; customer_ref := r.cref; token := r.tok;
         gateway := r.gw; donor_id := r.did; pledge_id := r.pid; period := r.per; fund := r.f;
         RETURN NEXT;
@@ -172,7 +179,10 @@ BEGIN
             FROM charge c
             JOIN charge_attempt a ON a.charge_id = c.id AND a.state = 'unknown'
             LEFT JOIN payment_method m ON m.id = a.payment_method_id
-            WHERE c.status = 'unknown' AND (p_check_all OR a.next_check_at <= v_real)
+            WHERE c.status = 'unknown'
+              AND (a.next_check_at <= v_real
+                   OR a.last_sent_at < p_check_sent_before
+                   OR (a.last_sent_at IS NULL AND p_check_sent_before IS NOT NULL))
             ORDER BY a.next_check_at
             LIMIT v_left
             FOR UPDATE OF c SKIP LOCKED
@@ -182,6 +192,7 @@ BEGIN
             WHERE id = r.id;
             charge_id := r.id; attempt_no := r.ano; idempotency_key := r.akey;
             mode := CASE WHEN v_real - r.started_at < p_window THEN 'resend' ELSE 'lookup' END;
+            recovered := false;
             amount_minor := r.amt; currency := r.cur; customer_ref := r.cref; token := r.tok;
             gateway := r.gw; donor_id := r.did; pledge_id := r.pid; period := r.per;
             fund := r.f;
@@ -227,7 +238,7 @@ BEGIN
                               updated_at = v_now
             WHERE id = r.id;
             charge_id := r.id; attempt_no := v_attempt; idempotency_key := v_key;
-            mode := 'send'; amount_minor := r.amt; currency := r.cur; customer_ref := r.cref;
+            mode := 'send'; recovered := false; amount_minor := r.amt; currency := r.cur; customer_ref := r.cref;
             token := r.tok; gateway := r.gw; donor_id := r.did; pledge_id := r.pid;
             period := r.per; fund := r.f;
             RETURN NEXT;
