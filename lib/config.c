@@ -275,6 +275,7 @@ static const struct key keys[] = {
     MS("gateway", "connect_timeout", gateway.connect_timeout_ms, 100, 10 * MS_PER_MIN, 0),
     MS("gateway", "request_timeout", gateway.request_timeout_ms, MS_PER_S, 10 * MS_PER_MIN, 0),
     MS("gateway", "idempotency_window", gateway.idempotency_window_ms, MS_PER_S, MS_PER_D, 0),
+    MS("gateway", "lookup_settle", gateway.lookup_settle_ms, 0, MS_PER_D, 0),
     STR("gateway", "statement_descriptor_suffix", gateway.statement_descriptor_suffix,
         DESCRIPTOR_MAX, F_OPTIONAL, check_descriptor),
 
@@ -376,6 +377,7 @@ void pl_config_defaults(struct pl_config *cfg)
     cfg->gateway.connect_timeout_ms = 10 * MS_PER_S;
     cfg->gateway.request_timeout_ms = 60 * MS_PER_S;
     cfg->gateway.idempotency_window_ms = 24 * MS_PER_H;
+    cfg->gateway.lookup_settle_ms = MS_PER_H;
 
     char host[256] = "";
     char *bad_host = NULL;

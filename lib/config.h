@@ -89,6 +89,7 @@ struct pl_config {
         int64_t connect_timeout_ms;
         int64_t request_timeout_ms;
         int64_t idempotency_window_ms; /* resend the same key only inside it */
+        int64_t lookup_settle_ms;      /* trust "not found" only this long after a send */
         char *statement_descriptor_suffix;
         char *api_key; /* secret, set by pl_config_load_secrets */
     } gateway;

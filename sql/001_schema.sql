@@ -109,6 +109,7 @@ CREATE TABLE charge (
     due_at           timestamptz NOT NULL,
     next_attempt_at  timestamptz,
     dunning_attempts integer NOT NULL DEFAULT 0 CHECK (dunning_attempts >= 0),
+    first_failed_at  timestamptz, -- first soft decline: the dunning schedule counts from it
     lease_owner      text,
     lease_expires_at timestamptz,
     gateway_ref      text,

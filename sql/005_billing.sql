@@ -173,6 +173,7 @@ BEGIN
     IF v_left > 0 THEN
         FOR r IN
             SELECT c.id, a.attempt_no AS ano, a.idempotency_key AS akey, a.started_at,
+                   a.http_status AS hstatus,
                    a.amount_minor AS amt, a.currency AS cur, m.customer_ref AS cref,
                    m.token AS tok, m.gateway AS gw, c.donor_id AS did, c.pledge_id AS pid,
                    c.period AS per, c.fund AS f
@@ -191,7 +192,12 @@ BEGIN
                               lease_expires_at = v_real + p_lease, updated_at = v_now
             WHERE id = r.id;
             charge_id := r.id; attempt_no := r.ano; idempotency_key := r.akey;
-            mode := CASE WHEN v_real - r.started_at < p_window THEN 'resend' ELSE 'lookup' END;
+            -- A resend inside the window gets the gateway's saved reply: the
+            -- truth after a lost reply, but only the same 500 again after a
+            -- saved server error. Those, and anything past the window, are
+            -- looked up by key instead.
+            mode := CASE WHEN v_real - r.started_at < p_window AND coalesce(r.hstatus, 0) < 500
+                         THEN 'resend' ELSE 'lookup' END;
             recovered := false;
             amount_minor := r.amt; currency := r.cur; customer_ref := r.cref; token := r.tok;
             gateway := r.gw; donor_id := r.did; pledge_id := r.pid; period := r.per;
@@ -252,14 +258,17 @@ END $$;
 -- and by the attempt still being open, so a late or duplicate result
 -- changes nothing (returns 'stale'). Outcome classes (DESIGN.md §5):
 -- succeeded, declined_soft, declined_hard, action_required, unknown, halt,
--- and not_found (a lookup after the idempotency window found no trace of
--- the attempt: it never executed, so the charge may get a new key).
+-- and not_found (a lookup by key found no trace of the attempt: once the
+-- attempt was last sent more than p_lookup_settle ago, so the gateway's
+-- search has caught up, it never executed and the charge may get a new
+-- key; sooner than that it is still unknown).
 CREATE FUNCTION pl_record(p_owner text, p_charge bigint, p_attempt integer, p_outcome text,
                           p_http_status integer, p_gateway_ref text, p_request_id text,
                           p_error_type text, p_error_code text, p_decline_code text,
                           p_advice_code text, p_message text, p_fee_minor bigint,
                           p_sends integer, p_retry_schedule interval[], p_lapse_after integer,
-                          p_reconcile_schedule interval[], p_actor text)
+                          p_reconcile_schedule interval[], p_lookup_settle interval,
+                          p_actor text)
 RETURNS text
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -281,6 +290,11 @@ BEGIN
     FOR UPDATE;
     IF NOT FOUND THEN
         RETURN 'stale';
+    END IF;
+
+    IF p_outcome = 'not_found'
+       AND coalesce(a.last_sent_at, a.started_at) > v_real - coalesce(p_lookup_settle, '0') THEN
+        p_outcome := 'unknown';
     END IF;
 
     v_detail := jsonb_strip_nulls(jsonb_build_object(
@@ -329,8 +343,12 @@ BEGIN
         UPDATE charge_attempt SET state = 'declined', finished_at = v_real, next_check_at = NULL
         WHERE id = a.id;
         IF c.dunning_attempts < coalesce(array_length(p_retry_schedule, 1), 0) THEN
+            -- retry_schedule holds offsets from the first decline (1d,3d,5d,7d:
+            -- retries on days 1, 3, 5 and 7), like the card networks count.
             UPDATE charge SET status = 'retry_wait', dunning_attempts = dunning_attempts + 1,
-                              next_attempt_at = v_now + p_retry_schedule[c.dunning_attempts + 1],
+                              first_failed_at = coalesce(first_failed_at, v_now),
+                              next_attempt_at = coalesce(c.first_failed_at, v_now)
+                                                + p_retry_schedule[c.dunning_attempts + 1],
                               failure_code = p_error_code, decline_code = p_decline_code,
                               lease_owner = NULL, lease_expires_at = NULL, updated_at = v_now
             WHERE id = c.id;

@@ -1024,6 +1024,7 @@ static void test_example_documents_every_default(void **state)
         {"gateway", "connect_timeout"},
         {"gateway", "request_timeout"},
         {"gateway", "idempotency_window"},
+        {"gateway", "lookup_settle"},
         {"gateway", "statement_descriptor_suffix"},
         {"billing", "timezone"},
         {"billing", "charge_time"},
