@@ -54,7 +54,8 @@ static int exec_simple(PGconn *conn, const char *sql, const char *what, char *er
     PGresult *res = PQexec(conn, sql);
     ExecStatusType st = PQresultStatus(res);
     int r = 0;
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+    /* A file of only comments is an empty query: nothing to do, not an error. */
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY)
         r = db_error(conn, res, what, err, errlen);
     PQclear(res);
     return r;
