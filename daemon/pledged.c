@@ -24,6 +24,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "pledged.h"
 #include "billing.h"
 #include "config.h"
 #include "db.h"
@@ -34,6 +35,10 @@
 #include "util.h"
 
 #define HEARTBEAT_MS 15000
+/* STATUS= is recomputed this often and sent when it changed. */
+#define STATUS_MS 1000
+/* While halted, the alarm is logged again every this many heartbeats (5 min). */
+#define HALT_REMIND_BEATS 20
 
 static const char USAGE[] =
     "usage: pledged [--config FILE] [--check-config] [--once]\n"
@@ -46,26 +51,7 @@ static const char USAGE[] =
     "  -h, --help          this help\n"
     "  -V, --version       version\n";
 
-struct daemon {
-    uv_loop_t *loop;
-    struct pl_config cfg;
-    const char *config_path;
-    bool once;
-    int exit_code;
-
-    struct pl_db *db;
-    struct pl_http *http;
-    struct pl_gateway *gw;
-    struct pl_gateway *old_gw; /* replaced by a reload; freed once idle */
-    struct pl_billing *billing;
-
-    uv_signal_t sig_term, sig_int, sig_hup;
-    uv_timer_t heartbeat, watchdog, deadline;
-    bool ready, stopping, closed;
-    uint64_t watchdog_usec;
-};
-
-static void notify(const char *state)
+void pledged_notify(const char *state)
 {
 #ifdef PL_HAVE_SYSTEMD
     sd_notify(0, state);
@@ -85,6 +71,8 @@ static int load_config(const char *path, struct pl_config *cfg, bool report_warn
         return -1;
     }
     unsigned want = PL_SECRET_DB_PASSWORD | PL_SECRET_GATEWAY_API_KEY;
+    if (cfg->http.enabled) /* webhooks are refused (503) without it, not fatal */
+        want |= PL_SECRET_WEBHOOK_SECRET;
     if (pl_config_load_secrets(cfg, want, PL_SECRET_GATEWAY_API_KEY, &errors) < 0) {
         fprintf(stderr, "pledged: %s\n", errors ? errors : "cannot read secrets");
         free(errors);
@@ -105,6 +93,7 @@ static void billing_opts_from(const struct pl_config *c, bool once, struct pl_bi
         .catch_up = c->billing.catch_up,
         .batch_size = c->billing.batch_size,
         .max_in_flight = c->gateway.max_in_flight,
+        .rate_limit = c->gateway.rate_limit,
         .lease_ms = c->billing.lease_ms,
         .poll_interval_ms = c->billing.poll_interval_ms,
         .idempotency_window_ms = c->gateway.idempotency_window_ms,
@@ -168,6 +157,8 @@ static void close_all(struct daemon *d)
     close_handle((uv_handle_t *)&d->heartbeat);
     close_handle((uv_handle_t *)&d->watchdog);
     close_handle((uv_handle_t *)&d->deadline);
+    close_handle((uv_handle_t *)&d->status_timer);
+    pledged_http_stop(d);
     pl_db_free(d->db, db_closed, d);
 }
 
@@ -200,11 +191,10 @@ static void begin_shutdown(struct daemon *d, const char *why)
         return;
     }
     d->stopping = true;
-    notify("STOPPING=1");
+    pledged_notify("STOPPING=1");
     pl_log_notice("pledged", "%s: draining (deadline %" PRId64 " ms)", why,
                   d->cfg.billing.shutdown_deadline_ms);
-    uv_timer_start(&d->deadline, deadline_passed, (uint64_t)d->cfg.billing.shutdown_deadline_ms,
-                   0);
+    uv_timer_start(&d->deadline, deadline_passed, (uint64_t)d->cfg.billing.shutdown_deadline_ms, 0);
     if (d->billing)
         pl_billing_drain(d->billing, drained, d);
     else
@@ -218,17 +208,27 @@ static void status_line(struct daemon *d, char *buf, size_t n)
     struct pl_billing_stats st = {0};
     if (d->billing)
         pl_billing_stats(d->billing, &st);
+    char stuck[96] = "";
+    if (st.stuck_unknown > 0) {
+        char after[32];
+        pl_config_format_duration(d->cfg.billing.unknown_alert_after_ms, after, sizeof(after));
+        snprintf(stuck, sizeof(stuck), "; ALERT: %" PRIu64 " charges unknown for over %s",
+                 st.stuck_unknown, after);
+    }
     if (st.halted) {
-        snprintf(buf, n, "HALTED: %s", pl_billing_halt_reason(d->billing));
+        snprintf(buf, n, "HALTED: %s; fix the key and reload (SIGHUP)%s",
+                 pl_billing_halt_reason(d->billing), stuck);
         return;
     }
     snprintf(buf, n,
-             "%s; %" PRIu64 " succeeded, %" PRIu64 " declined, %" PRIu64 " unknown, %u in flight",
-             d->stopping ? "stopping" : d->ready ? "billing" : "starting",
+             "%s; %" PRIu64 " succeeded, %" PRIu64 " declined, %" PRIu64 " unknown, %u in flight%s",
+             d->stopping ? "stopping"
+             : d->ready  ? "billing"
+                         : "starting",
              st.outcomes[PL_OUT_SUCCEEDED],
              st.outcomes[PL_OUT_DECLINED_SOFT] + st.outcomes[PL_OUT_DECLINED_HARD] +
                  st.outcomes[PL_OUT_ACTION_REQUIRED],
-             st.outcomes[PL_OUT_UNKNOWN] + st.outcomes[PL_OUT_RETRY_NOW], st.in_flight);
+             st.outcomes[PL_OUT_UNKNOWN] + st.outcomes[PL_OUT_RETRY_NOW], st.in_flight, stuck);
 }
 
 static void reported(const struct pl_db_result *r, int err, void *arg)
@@ -238,21 +238,69 @@ static void reported(const struct pl_db_result *r, int err, void *arg)
     (void)arg; /* best effort: lib/db logs outages */
 }
 
+/* Heartbeat row in daemon_node: what `pledgectl status` shows. */
+static void node_report(struct daemon *d, const char *line)
+{
+    char pid[16];
+    snprintf(pid, sizeof(pid), "%d", (int)getpid());
+    struct pl_billing_stats st = {0};
+    if (d->billing)
+        pl_billing_stats(d->billing, &st);
+    const char *p[] = {d->cfg.billing.node_name,
+                       pid,
+                       PL_VERSION,
+                       st.halted ? "true" : "false",
+                       st.halted ? pl_billing_halt_reason(d->billing) : NULL,
+                       line};
+    if (d->db &&
+        pl_db_query(d->db, "SELECT pl_node_report($1, $2::integer, $3, $4::boolean, $5, $6)", 6, p,
+                    reported, d) == 0) {
+        d->reported_halted = st.halted;
+        d->reported_stuck = st.stuck_unknown;
+    }
+}
+
+static void send_status(struct daemon *d, const char *line)
+{
+    if (strcmp(line, d->status_sent) == 0)
+        return;
+    char status[300];
+    snprintf(status, sizeof(status), "STATUS=%s", line);
+    pledged_notify(status);
+    pl_strlcpy(d->status_sent, line, sizeof(d->status_sent));
+}
+
+static void status_tick(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    char line[256];
+    status_line(d, line, sizeof(line));
+    send_status(d, line);
+    /* A halt (or its end) and stuck outcomes reach operators now, not at
+     * the next heartbeat. */
+    struct pl_billing_stats st = {0};
+    if (d->billing)
+        pl_billing_stats(d->billing, &st);
+    if (d->ready && (st.halted != d->reported_halted || st.stuck_unknown != d->reported_stuck))
+        node_report(d, line);
+}
+
 static void heartbeat(uv_timer_t *t)
 {
     struct daemon *d = t->data;
-    char line[256], pid[16];
+    char line[256];
     status_line(d, line, sizeof(line));
-    char status[300];
-    snprintf(status, sizeof(status), "STATUS=%s", line);
-    notify(status);
-    snprintf(pid, sizeof(pid), "%d", (int)getpid());
-    bool halted = d->billing && pl_billing_halted(d->billing);
-    const char *p[] = {d->cfg.billing.node_name, pid, PL_VERSION, halted ? "true" : "false",
-                       halted ? pl_billing_halt_reason(d->billing) : NULL, line};
-    pl_db_query(d->db,
-                "SELECT pl_node_report($1, $2::integer, $3, $4::boolean, $5, $6)", 6, p,
-                reported, d);
+    send_status(d, line);
+    node_report(d, line);
+    if (d->billing && pl_billing_halted(d->billing)) {
+        if (++d->halted_beats % HALT_REMIND_BEATS == 0)
+            pl_log_error("pledged",
+                         "billing is still HALTED: %s; fix the API key and reload "
+                         "(SIGHUP)",
+                         pl_billing_halt_reason(d->billing));
+    } else {
+        d->halted_beats = 0;
+    }
     if (d->old_gw && pl_gateway_pending(d->old_gw) == 0) {
         pl_gateway_free(d->old_gw);
         d->old_gw = NULL;
@@ -263,7 +311,7 @@ static void watchdog(uv_timer_t *t)
 {
     /* Runs on the loop: if the loop stalls, systemd stops hearing from us. */
     (void)t;
-    notify("WATCHDOG=1");
+    pledged_notify("WATCHDOG=1");
 }
 
 /* ---- start-up ------------------------------------------------------------------ */
@@ -323,9 +371,8 @@ static void schema_checked(const struct pl_db_result *r, int err, void *arg)
     }
     if (err != 0) {
         pl_log_error("pledged", "cannot read the schema version: %s",
-                     err == PL_EDB && pl_db_result_error_message(r)
-                         ? pl_db_result_error_message(r)
-                         : pl_strerror(err));
+                     err == PL_EDB && pl_db_result_error_message(r) ? pl_db_result_error_message(r)
+                                                                    : pl_strerror(err));
         d->exit_code = 1;
         close_all(d);
         return;
@@ -349,11 +396,13 @@ static void schema_checked(const struct pl_db_result *r, int err, void *arg)
         return;
     }
     d->ready = true;
-    notify("READY=1\nSTATUS=billing");
+    pledged_notify("READY=1\nSTATUS=billing");
+    pl_strlcpy(d->status_sent, "billing", sizeof(d->status_sent));
     pl_log_notice("pledged", "ready: node %s, schema version %d, gateway %s at %s",
                   d->cfg.billing.node_name, pl_schema_latest(), d->cfg.gateway.driver,
                   d->cfg.gateway.base_url);
     start_billing(d);
+    node_report(d, "billing");
 }
 
 static void db_ready(struct pl_db *db, void *arg)
@@ -367,6 +416,35 @@ static void db_ready(struct pl_db *db, void *arg)
 
 /* ---- reload ------------------------------------------------------------------------ */
 
+#define SWAP(a, b)                     \
+    do {                               \
+        __typeof__(a) swap_tmp_ = (a); \
+        (a) = (b);                     \
+        (b) = swap_tmp_;               \
+    } while (0)
+
+/* Settings that only a restart applies keep their running values, so the
+ * configuration in use always describes what the daemon really does (the
+ * node name owns the leases in flight; the pool, the driver and the HTTP
+ * client were built from the old values). Swapped, so each config still
+ * frees what it owns. */
+static void keep_restart_only(struct pl_config *next, struct pl_config *running)
+{
+    SWAP(next->database.conninfo, running->database.conninfo);
+    SWAP(next->database.pool_size, running->database.pool_size);
+    SWAP(next->gateway.driver, running->gateway.driver);
+    SWAP(next->gateway.base_url, running->gateway.base_url);
+    SWAP(next->gateway.ca_bundle, running->gateway.ca_bundle);
+    /* lib/http has no way to change its timeouts live */
+    SWAP(next->gateway.connect_timeout_ms, running->gateway.connect_timeout_ms);
+    SWAP(next->gateway.request_timeout_ms, running->gateway.request_timeout_ms);
+    SWAP(next->billing.node_name, running->billing.node_name);
+    SWAP(next->http.listen, running->http.listen);
+    SWAP(next->http.listen_host, running->http.listen_host);
+    SWAP(next->http.listen_port, running->http.listen_port);
+    SWAP(next->http.enabled, running->http.enabled);
+}
+
 static void reload(struct daemon *d)
 {
     struct pl_config next;
@@ -378,6 +456,18 @@ static void reload(struct daemon *d)
     char *summary = NULL;
     bool restart = false;
     pl_config_diff(&d->cfg, &next, &summary, &restart);
+    bool timeouts_changed = next.gateway.connect_timeout_ms != d->cfg.gateway.connect_timeout_ms ||
+                            next.gateway.request_timeout_ms != d->cfg.gateway.request_timeout_ms;
+    if (next.billing.lease_ms <=
+        d->cfg.gateway.connect_timeout_ms + d->cfg.gateway.request_timeout_ms) {
+        pl_log_error("pledged", "reload refused: [billing] lease must stay longer than the "
+                                "running [gateway] connect_timeout + request_timeout (they "
+                                "change only on a restart); keeping the running configuration");
+        pl_config_release(&next);
+        free(summary);
+        return;
+    }
+    keep_restart_only(&next, &d->cfg);
     pl_log_setup(next.log.level, next.log.format);
     pl_http_set_limits(d->http, (unsigned)next.gateway.max_in_flight,
                        (unsigned)next.gateway.rate_limit, (unsigned)next.gateway.rate_burst);
@@ -400,9 +490,12 @@ static void reload(struct daemon *d)
     }
     pl_config_release(&d->cfg);
     d->cfg = next;
-    pl_log_notice("pledged", "configuration reloaded: %s%s",
+    pl_log_notice("pledged", "configuration reloaded: %s%s%s",
                   summary && *summary ? summary : "nothing changed",
-                  restart ? " (some changes take effect only after a restart)" : "");
+                  restart ? " (some changes take effect only after a restart)" : "",
+                  timeouts_changed ? "; gateway connect_timeout/request_timeout take effect "
+                                     "only after a restart"
+                                   : "");
     free(summary);
 }
 
@@ -419,6 +512,7 @@ static void on_signal(uv_signal_t *s, int signum)
 
 int main(int argc, char **argv)
 {
+    /* clang-format off */
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check-config", no_argument, NULL, 'k'},
@@ -427,6 +521,7 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
+    /* clang-format on */
     struct daemon d = {.config_path = PL_CONFIG_DEFAULT_PATH};
     bool check_only = false;
     int c;
@@ -522,8 +617,12 @@ int main(int argc, char **argv)
     uv_timer_init(d.loop, &d.heartbeat);
     uv_timer_init(d.loop, &d.watchdog);
     uv_timer_init(d.loop, &d.deadline);
-    d.heartbeat.data = d.watchdog.data = d.deadline.data = &d;
+    uv_timer_init(d.loop, &d.status_timer);
+    d.heartbeat.data = d.watchdog.data = d.deadline.data = d.status_timer.data = &d;
     uv_timer_start(&d.heartbeat, heartbeat, HEARTBEAT_MS, HEARTBEAT_MS);
+    uv_timer_start(&d.status_timer, status_tick, STATUS_MS, STATUS_MS);
+    if (pledged_http_start(&d) < 0)
+        return 1;
 #ifdef PL_HAVE_SYSTEMD
     if (sd_watchdog_enabled(0, &d.watchdog_usec) > 0 && d.watchdog_usec > 0) {
         uint64_t every_ms = d.watchdog_usec / 2000;

@@ -18,6 +18,12 @@
 #define ONCE_PASS_PAUSE_MS    250
 /* --once: how long a failing database may stall a pass before giving up. */
 #define ONCE_DB_FAILURES_MAX 60
+/* How often to look for unknown outcomes stuck past unknown_alert_after. */
+#define ALERT_CHECK_MS 30000
+/* Charge ids named in one "stuck unknown" warning; the rest are counted. */
+#define ALERT_IDS_MAX 20
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x)  STRINGIFY_(x)
 
 static const char SQL_MATERIALISE[] =
     "SELECT pledges, scheduled, skipped FROM pl_materialise($1, $2::time, $3, $4, $5)";
@@ -25,13 +31,17 @@ static const char SQL_MATERIALISE[] =
 static const char SQL_CLAIM[] =
     "SELECT charge_id, attempt_no, idempotency_key, mode, recovered, amount_minor, currency,"
     " customer_ref, token, period, fund"
-    " FROM pl_claim($1, $2, $3::interval, $4::interval, $5, $6::timestamptz, $7)";
+    " FROM pl_claim($1, $2, $3::interval, $4::interval, $5, $6::timestamptz, $7, $8::bigint[])";
 
 static const char SQL_RECORD[] =
     "SELECT pl_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
     " $15::interval[], $16, $17::interval[], $18::interval, $19)";
 
 static const char SQL_COUNT_UNKNOWN[] = "SELECT count(*) FROM charge WHERE status = 'unknown'";
+
+static const char SQL_UNKNOWN_ALERTS[] =
+    "SELECT stuck, coalesce(array_length(alerted, 1), 0), array_to_string(alerted[1:" STRINGIFY(
+        ALERT_IDS_MAX) "], ', ') FROM pl_unknown_alerts($1::interval, $2)";
 
 enum work_mode { MODE_SEND, MODE_RESEND, MODE_LOOKUP };
 
@@ -73,20 +83,27 @@ struct pl_billing {
     char lease[32], window[32], batch[16], lookup_settle[32];
     char *retry_schedule, *reconcile_schedule;
     char lapse_after[16];
+    char alert_after[40];
+    int64_t alert_after_ms;
     int batch_size, max_in_flight;
+    int capacity; /* charges held at once: in flight plus queued in lib/http */
     int64_t poll_interval_ms;
     bool once;
 
     uv_timer_t poll_timer;  /* periodic scan */
     uv_timer_t flush_timer; /* batches outcomes */
     uv_timer_t retry_timer; /* database retry / --once passes */
+    uv_timer_t alert_timer; /* stuck unknown outcomes */
     int open_handles;
+    unsigned db_pending; /* queries whose callback has not run: b lives until 0 */
     bool freeing;
+    bool alerting;
+    uint64_t stuck_logged; /* stuck count last logged, to say when it clears */
 
     bool started, draining, halted, done_reported;
     char halt_reason[256];
 
-    bool materialising, claiming, flushing;
+    bool materialising, claiming, flushing, counting, retrying;
     bool more_work;   /* the last claim was full: more may be waiting */
     bool rescan;      /* woken while busy: scan again when idle */
     bool recover_own; /* claims after start take back this node's earlier leases */
@@ -97,8 +114,10 @@ struct pl_billing {
     int once_passes;
     int db_failures;
 
-    struct work *inflight; /* doubly linked */
+    struct work *inflight; /* sent: gateway operation in progress; doubly linked */
     unsigned n_inflight;
+    struct work *ready, *ready_tail; /* claimed, waiting for a free send slot (FIFO) */
+    unsigned n_ready;
 
     struct record *buf;
     size_t nbuf, capbuf;
@@ -115,6 +134,10 @@ static void claim_step(struct pl_billing *b);
 static void flush(struct pl_billing *b);
 static void check_idle(struct pl_billing *b);
 static void flush_retry_fired(uv_timer_t *t);
+static struct work *ready_pop(struct pl_billing *b);
+static void withdraw_ready(struct pl_billing *b);
+static void db_step_failed(struct pl_billing *b, const char *what, const struct pl_db_result *r,
+                           int err);
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -153,8 +176,8 @@ static void apply_opts(struct pl_billing *b, const struct pl_billing_opts *o)
     b->actor = pl_xasprintf("pledged:%s", o->node_name);
     b->descriptor = dup_or_null(o->statement_descriptor_suffix);
     b->tz = pl_xstrdup(o->timezone ? o->timezone : "UTC");
-    snprintf(b->charge_time, sizeof(b->charge_time), "%02d:%02d",
-             o->charge_time_minutes / 60 % 24, o->charge_time_minutes % 60);
+    snprintf(b->charge_time, sizeof(b->charge_time), "%02d:%02d", o->charge_time_minutes / 60 % 24,
+             o->charge_time_minutes % 60);
     snprintf(b->catch_up, sizeof(b->catch_up), "%s",
              o->catch_up == PL_CATCH_UP_ALL ? "all" : "latest");
     set_interval(b->lease, sizeof(b->lease), o->lease_ms);
@@ -163,19 +186,34 @@ static void apply_opts(struct pl_billing *b, const struct pl_billing_opts *o)
     b->batch_size = o->batch_size > 0 ? o->batch_size : 200;
     snprintf(b->batch, sizeof(b->batch), "%d", b->batch_size);
     b->max_in_flight = o->max_in_flight > 0 ? o->max_in_flight : 32;
+    /* Claim a whole batch at a time (lib/http queues what exceeds
+     * max_in_flight), so claims cost one statement per batch rather than
+     * per half-window; but never more than the rate limit lets us send
+     * within a quarter of the lease, so nothing waits in the queue long
+     * enough for its lease to run out. */
+    b->capacity = b->batch_size > b->max_in_flight ? b->batch_size : b->max_in_flight;
+    if (o->rate_limit > 0 && o->lease_ms > 0) {
+        int64_t sendable = (int64_t)o->rate_limit * o->lease_ms / 1000 / 4;
+        if (sendable < b->capacity)
+            b->capacity = sendable > b->max_in_flight ? (int)sendable : b->max_in_flight;
+    }
     b->retry_schedule = pl_billing_interval_array(o->retry_schedule);
     b->reconcile_schedule = pl_billing_interval_array(o->reconcile_schedule);
     snprintf(b->lapse_after, sizeof(b->lapse_after), "%d", o->lapse_after);
+    b->alert_after_ms =
+        o->unknown_alert_after_ms > 0 ? o->unknown_alert_after_ms : 2 * 3600 * INT64_C(1000);
+    set_interval(b->alert_after, sizeof(b->alert_after), b->alert_after_ms);
     b->poll_interval_ms = o->poll_interval_ms > 0 ? o->poll_interval_ms : 60000;
     b->once = o->once;
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
-static void handle_closed(uv_handle_t *h)
+/* Freed once its timers are closed and every query it sent has called back
+ * (lib/db runs the callbacks of abandoned queries after pl_db_free). */
+static void maybe_free(struct pl_billing *b)
 {
-    struct pl_billing *b = h->data;
-    if (--b->open_handles == 0) {
+    if (b->open_handles == 0 && b->db_pending == 0) {
         free(b->node);
         free(b->actor);
         free(b->descriptor);
@@ -185,6 +223,42 @@ static void handle_closed(uv_handle_t *h)
         free(b->buf);
         free(b);
     }
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    struct pl_billing *b = h->data;
+    b->open_handles--;
+    maybe_free(b);
+}
+
+static int db_query(struct pl_billing *b, const char *sql, int nparams, const char *const *params,
+                    pl_db_cb cb)
+{
+    int r = pl_db_query(b->db, sql, nparams, params, cb, b);
+    if (r == 0)
+        b->db_pending++;
+    return r;
+}
+
+static int db_commit(struct pl_billing *b, struct pl_db_tx *tx, pl_db_cb cb)
+{
+    int r = pl_db_tx_commit(tx, cb, b);
+    if (r == 0)
+        b->db_pending++;
+    return r;
+}
+
+/* First thing in every query callback: false when the engine is being
+ * freed (the callback must then touch nothing but return). */
+static bool db_returned(struct pl_billing *b)
+{
+    b->db_pending--;
+    if (b->freeing) {
+        maybe_free(b);
+        return false;
+    }
+    return true;
 }
 
 struct pl_billing *pl_billing_new(uv_loop_t *loop, struct pl_db *db, struct pl_gateway *gw,
@@ -201,14 +275,54 @@ struct pl_billing *pl_billing_new(uv_loop_t *loop, struct pl_db *db, struct pl_g
     uv_timer_init(loop, &b->poll_timer);
     uv_timer_init(loop, &b->flush_timer);
     uv_timer_init(loop, &b->retry_timer);
-    b->poll_timer.data = b->flush_timer.data = b->retry_timer.data = b;
-    b->open_handles = 3;
+    uv_timer_init(loop, &b->alert_timer);
+    b->poll_timer.data = b->flush_timer.data = b->retry_timer.data = b->alert_timer.data = b;
+    b->open_handles = 4;
     return b;
 }
 
 static void poll_fired(uv_timer_t *t)
 {
     tick(t->data);
+}
+
+/* ---- stuck unknown outcomes ----------------------------------------------- */
+
+static void alerts_checked(const struct pl_db_result *r, int err, void *arg)
+{
+    struct pl_billing *b = arg;
+    if (!db_returned(b))
+        return;
+    b->alerting = false;
+    if (err != 0)
+        return; /* the next check asks again; lib/db logs outages */
+    int64_t stuck = 0, alerted = 0;
+    pl_db_result_int64(r, 0, 0, &stuck);
+    pl_db_result_int64(r, 0, 1, &alerted);
+    const char *ids = pl_db_result_text(r, 0, 2);
+    char after[32];
+    pl_config_format_duration(b->alert_after_ms, after, sizeof(after));
+    b->stats.stuck_unknown = stuck > 0 ? (uint64_t)stuck : 0;
+    if (alerted > 0)
+        pl_log_warn("billing",
+                    "%" PRId64 " more charges have had an unknown outcome for over %s (%" PRId64
+                    " in all): charge %s%s. Nothing is guessed: the reconciler keeps checking "
+                    "them by key; see `pledgectl charge show ID` and `pledgectl status`",
+                    alerted, after, stuck, ids ? ids : "?", alerted > ALERT_IDS_MAX ? ", ..." : "");
+    else if (stuck == 0 && b->stuck_logged > 0)
+        pl_log_notice("billing", "no charge has had an unknown outcome for over %s any more",
+                      after);
+    b->stuck_logged = b->stats.stuck_unknown;
+}
+
+static void alert_fired(uv_timer_t *t)
+{
+    struct pl_billing *b = t->data;
+    if (b->alerting || b->freeing)
+        return;
+    const char *p[] = {b->alert_after, b->actor};
+    if (db_query(b, SQL_UNKNOWN_ALERTS, 2, p, alerts_checked) == 0)
+        b->alerting = true;
 }
 
 /* --once: a pass checks every unknown outcome last sent before it began,
@@ -239,6 +353,7 @@ void pl_billing_start(struct pl_billing *b)
     if (!b->once)
         uv_timer_start(&b->poll_timer, poll_fired, (uint64_t)b->poll_interval_ms,
                        (uint64_t)b->poll_interval_ms);
+    uv_timer_start(&b->alert_timer, alert_fired, 0, b->once ? 0 : ALERT_CHECK_MS);
     if (b->once) /* outcomes left unknown by an earlier run are checked at once */
         pass_begin(b);
     tick(b);
@@ -265,8 +380,13 @@ void pl_billing_set_gateway(struct pl_billing *b, struct pl_gateway *gw)
 
 void pl_billing_set_opts(struct pl_billing *b, const struct pl_billing_opts *opts)
 {
+    /* The node name owns the leases in flight: it never changes live. */
+    struct pl_billing_opts o = *opts;
+    char *node = pl_xstrdup(b->node);
+    o.node_name = node;
     bool once = b->once;
-    apply_opts(b, opts);
+    apply_opts(b, &o);
+    free(node);
     b->once = once;
     if (!once && b->started)
         uv_timer_start(&b->poll_timer, poll_fired, (uint64_t)b->poll_interval_ms,
@@ -280,6 +400,7 @@ void pl_billing_drain(struct pl_billing *b, pl_billing_drained_cb cb, void *arg)
     b->drained_cb = cb;
     b->drained_arg = arg;
     uv_timer_stop(&b->poll_timer);
+    withdraw_ready(b);
     check_idle(b);
 }
 
@@ -297,6 +418,7 @@ void pl_billing_stats(const struct pl_billing *b, struct pl_billing_stats *out)
 {
     *out = b->stats;
     out->in_flight = b->n_inflight;
+    out->ready = b->n_ready;
     out->buffered = (unsigned)b->nbuf;
     out->halted = b->halted;
     out->draining = b->draining;
@@ -339,19 +461,24 @@ void pl_billing_free(struct pl_billing *b)
         else
             break;
     }
+    /* Claimed and never sent: they stay leased too (a hard stop). */
+    for (struct work *w; (w = ready_pop(b));)
+        work_free(w);
     for (size_t i = 0; i < b->nbuf; i++)
         record_release(&b->buf[i]);
     b->nbuf = 0;
     uv_close((uv_handle_t *)&b->poll_timer, handle_closed);
     uv_close((uv_handle_t *)&b->flush_timer, handle_closed);
     uv_close((uv_handle_t *)&b->retry_timer, handle_closed);
+    uv_close((uv_handle_t *)&b->alert_timer, handle_closed);
 }
 
 /* ---- idle / completion ---------------------------------------------------- */
 
 static bool busy(const struct pl_billing *b)
 {
-    return b->materialising || b->claiming || b->flushing || b->n_inflight > 0 || b->nbuf > 0;
+    return b->materialising || b->claiming || b->flushing || b->counting || b->retrying ||
+           b->n_inflight > 0 || b->n_ready > 0 || b->nbuf > 0;
 }
 
 static void report_done(struct pl_billing *b, int err)
@@ -372,7 +499,19 @@ static void next_pass(uv_timer_t *t)
 static void unknown_counted(const struct pl_db_result *r, int err, void *arg)
 {
     struct pl_billing *b = arg;
+    if (!db_returned(b))
+        return;
+    b->counting = false;
     int64_t unknown = 0;
+    if (b->draining) {
+        check_idle(b);
+        return;
+    }
+    if (err == PL_EDBLOST || err == PL_ETIMEOUT) {
+        /* The database went away between passes: ask again once it is back. */
+        db_step_failed(b, "counting unknown outcomes", r, err);
+        return;
+    }
     b->check_before[0] = '\0';
     if (err != 0 || pl_db_result_int64(r, 0, 0, &unknown) < 0) {
         report_done(b, err ? err : PL_EDB);
@@ -418,15 +557,21 @@ static void check_idle(struct pl_billing *b)
         report_done(b, PL_ECONFLICT);
         return;
     }
-    if (pl_db_query(b->db, SQL_COUNT_UNKNOWN, 0, NULL, unknown_counted, b) < 0)
+    b->counting = true;
+    if (db_query(b, SQL_COUNT_UNKNOWN, 0, NULL, unknown_counted) < 0) {
+        b->counting = false;
         report_done(b, PL_EDB);
+    }
 }
 
 /* A database step failed: try again after a pause (lib/db already logged
  * the outage once). In --once mode give up after a while. */
 static void retry_fired(uv_timer_t *t)
 {
-    tick(t->data);
+    struct pl_billing *b = t->data;
+    b->retrying = false;
+    tick(b);
+    check_idle(b);
 }
 
 static void db_step_failed(struct pl_billing *b, const char *what, const struct pl_db_result *r,
@@ -439,8 +584,11 @@ static void db_step_failed(struct pl_billing *b, const char *what, const struct 
         report_done(b, err);
         return;
     }
-    if (!b->draining && !b->freeing)
+    if (!b->draining && !b->freeing) {
+        /* Busy until the retry: --once must not finish a pass over a failed step. */
+        b->retrying = true;
         uv_timer_start(&b->retry_timer, retry_fired, DB_RETRY_MS, 0);
+    }
 }
 
 /* ---- materialise ---------------------------------------------------------- */
@@ -450,9 +598,9 @@ static void materialise_step(struct pl_billing *b);
 static void materialised(const struct pl_db_result *r, int err, void *arg)
 {
     struct pl_billing *b = arg;
-    b->materialising = false;
-    if (b->freeing)
+    if (!db_returned(b))
         return;
+    b->materialising = false;
     if (err != 0) {
         db_step_failed(b, "materialising due pledges", r, err);
         check_idle(b);
@@ -479,7 +627,7 @@ static void materialise_step(struct pl_billing *b)
 {
     const char *p[] = {b->tz, b->charge_time, b->catch_up, b->batch, b->actor};
     b->materialising = true;
-    if (pl_db_query(b->db, SQL_MATERIALISE, 5, p, materialised, b) < 0) {
+    if (db_query(b, SQL_MATERIALISE, 5, p, materialised) < 0) {
         b->materialising = false;
         db_step_failed(b, "materialising due pledges", NULL, PL_EINVAL);
     }
@@ -571,6 +719,96 @@ static void send_work(struct pl_billing *b, struct work *w)
     }
 }
 
+/* Is this charge already being sent, or its outcome waiting to be recorded? */
+static bool in_hand(const struct pl_billing *b, int64_t charge_id)
+{
+    for (const struct work *w = b->inflight; w; w = w->next)
+        if (w->charge_id == charge_id)
+            return true;
+    for (const struct work *w = b->ready; w; w = w->next)
+        if (w->charge_id == charge_id)
+            return true;
+    for (size_t i = 0; i < b->nbuf; i++)
+        if (b->buf[i].charge_id == charge_id)
+            return true;
+    return false;
+}
+
+/* in_hand's charges as an SQL array literal ("{1,2}"), or NULL when none. New. */
+static char *in_hand_array(const struct pl_billing *b)
+{
+    size_t n = b->n_inflight + b->n_ready + b->nbuf;
+    if (n == 0)
+        return NULL;
+    size_t cap = 3 + n * 21, len = 0;
+    char *out = pl_xmalloc(cap);
+    out[len++] = '{';
+    for (const struct work *w = b->inflight; w; w = w->next)
+        len +=
+            (size_t)snprintf(out + len, cap - len, "%s%" PRId64, len > 1 ? "," : "", w->charge_id);
+    for (const struct work *w = b->ready; w; w = w->next)
+        len +=
+            (size_t)snprintf(out + len, cap - len, "%s%" PRId64, len > 1 ? "," : "", w->charge_id);
+    for (size_t i = 0; i < b->nbuf; i++)
+        len += (size_t)snprintf(out + len, cap - len, "%s%" PRId64, len > 1 ? "," : "",
+                                b->buf[i].charge_id);
+    out[len++] = '}';
+    out[len] = '\0';
+    return out;
+}
+
+static void withdraw_work(struct pl_billing *b, struct work *w)
+{
+    struct pl_gateway_result res;
+    pl_gateway_result_init(&res, w->mode == MODE_LOOKUP ? PL_GW_LOOKUP_KEY : PL_GW_CHARGE);
+    res.sends = 0;
+    buffer_record(b, w, "withdraw", &res);
+    work_free(w);
+}
+
+static void ready_push(struct pl_billing *b, struct work *w)
+{
+    w->next = NULL;
+    w->prev = b->ready_tail;
+    if (b->ready_tail)
+        b->ready_tail->next = w;
+    else
+        b->ready = w;
+    b->ready_tail = w;
+    b->n_ready++;
+}
+
+static struct work *ready_pop(struct pl_billing *b)
+{
+    struct work *w = b->ready;
+    if (!w)
+        return NULL;
+    b->ready = w->next;
+    if (b->ready)
+        b->ready->prev = NULL;
+    else
+        b->ready_tail = NULL;
+    w->next = w->prev = NULL;
+    b->n_ready--;
+    return w;
+}
+
+/* Start sends while there is a free slot. */
+static void pump(struct pl_billing *b)
+{
+    while (b->ready && (int)b->n_inflight < b->max_in_flight && !b->halted && !b->draining &&
+           !b->freeing)
+        send_work(b, ready_pop(b));
+}
+
+/* Stopping (drain, halt): what was claimed but never sent goes back. */
+static void withdraw_ready(struct pl_billing *b)
+{
+    struct work *w;
+    while ((w = ready_pop(b)))
+        withdraw_work(b, w);
+}
+
 static char *col_dup(const struct pl_db_result *r, int row, int col)
 {
     const char *t = pl_db_result_text(r, row, col);
@@ -580,10 +818,17 @@ static char *col_dup(const struct pl_db_result *r, int row, int col)
 static void claimed(const struct pl_db_result *r, int err, void *arg)
 {
     struct pl_billing *b = arg;
-    b->claiming = false;
-    if (b->freeing)
+    if (!db_returned(b))
         return;
+    b->claiming = false;
     if (err != 0) {
+        if (err == PL_EDBLOST) {
+            /* The claim may have committed: charges leased to us that no
+             * one here is sending. Take back this node's leases from before
+             * now (those already in hand here are skipped). */
+            now_text(b->started_at, sizeof(b->started_at));
+            b->recover_own = true;
+        }
         db_step_failed(b, "claiming charges", r, err);
         check_idle(b);
         return;
@@ -602,7 +847,7 @@ static void claimed(const struct pl_db_result *r, int err, void *arg)
         w->attempt_no = (int)v;
         w->key = col_dup(r, i, 2);
         const char *mode = pl_db_result_text(r, i, 3);
-        w->mode = !mode ? MODE_SEND
+        w->mode = !mode                         ? MODE_SEND
                   : strcmp(mode, "resend") == 0 ? MODE_RESEND
                   : strcmp(mode, "lookup") == 0 ? MODE_LOOKUP
                                                 : MODE_SEND;
@@ -615,17 +860,32 @@ static void claimed(const struct pl_db_result *r, int err, void *arg)
         w->token = col_dup(r, i, 8);
         w->period = col_dup(r, i, 9);
         w->fund = col_dup(r, i, 10);
+        if (in_hand(b, w->charge_id)) {
+            /* Re-leased by a recovery after a lost claim, but already being
+             * sent (or recorded) here: the one in hand answers for it. */
+            work_free(w);
+            continue;
+        }
         if (recovered)
             b->stats.recovered++;
         else if (w->mode == MODE_SEND)
             b->stats.claimed++;
         else
             b->stats.checks++;
-        send_work(b, w);
+        if (b->halted || b->draining) {
+            /* Claimed just before we stopped: send nothing new. An attempt
+             * never sent is withdrawn; anything else goes back as it was. */
+            withdraw_work(b, w);
+            continue;
+        }
+        ready_push(b, w);
     }
+    pump(b);
     if (b->stats.recovered && b->recovered_logged < b->stats.recovered) {
-        pl_log_notice("billing", "recovered %" PRIu64 " charges from expired leases; resending "
-                      "with their original idempotency keys", b->stats.recovered - b->recovered_logged);
+        pl_log_notice("billing",
+                      "recovered %" PRIu64 " charges from expired leases; resending "
+                      "with their original idempotency keys",
+                      b->stats.recovered - b->recovered_logged);
         b->recovered_logged = b->stats.recovered;
     }
     if (n > 0)
@@ -640,14 +900,16 @@ static void claim_step(struct pl_billing *b)
 {
     if (b->claiming || b->halted || b->draining || b->freeing)
         return;
-    int room = b->max_in_flight - (int)b->n_inflight;
+    int held = (int)(b->n_inflight + b->n_ready);
+    int room = b->capacity - held;
     /* Refill below half capacity, so a stream of completions costs one
-     * claim per half-window instead of one per charge. */
-    if (room <= 0 || (b->n_inflight > 0 && room < (b->max_in_flight + 1) / 2))
+     * claim per half-batch instead of one per charge. */
+    if (room <= 0 || (held > 0 && room < (b->capacity + 1) / 2))
         return;
     int n = room < b->batch_size ? room : b->batch_size;
     char limit[16];
     snprintf(limit, sizeof(limit), "%d", n);
+    char *in_hand = in_hand_array(b);
     const char *p[] = {
         b->node,
         limit,
@@ -656,11 +918,14 @@ static void claim_step(struct pl_billing *b)
         b->recover_own ? b->started_at : NULL,
         b->check_before[0] ? b->check_before : NULL,
         b->actor,
+        in_hand,
     };
     b->claiming = true;
     b->more_work = false;
     b->claim_requested = n;
-    if (pl_db_query(b->db, SQL_CLAIM, 7, p, claimed, b) < 0) {
+    int r = db_query(b, SQL_CLAIM, (int)PL_ARRAY_LEN(p), p, claimed);
+    free(in_hand);
+    if (r < 0) {
         b->claiming = false;
         db_step_failed(b, "claiming charges", NULL, PL_EINVAL);
     }
@@ -680,7 +945,9 @@ static const char *record_outcome(const struct work *w, const struct pl_gateway_
     case PL_OUT_ACTION_REQUIRED:
         return "action_required";
     case PL_OUT_HALT:
-        return "halt";
+        /* Only a first send can be withdrawn: a resend or lookup is of an
+         * attempt that may have executed, which stays open. */
+        return w->mode == MODE_SEND ? "halt" : "release";
     case PL_OUT_NOT_FOUND:
         /* Only a lookup after the idempotency window can prove the attempt
          * never executed; anything else that says "not found" is unknown. */
@@ -733,9 +1000,10 @@ static void halt(struct pl_billing *b, const struct pl_gateway_result *res)
              "the gateway refused our credentials (HTTP %ld%s%s)", res->http_status,
              res->code[0] ? ", " : "", res->code);
     pl_log_error("billing",
-                 "BILLING HALTED: %s. No donor was charged or declined. Fix the API key "
-                 "(gateway.api_key_file or the gateway_api_key credential) and reload with "
-                 "SIGHUP.",
+                 "BILLING HALTED: %s. Claiming stopped; no donor was charged or declined and "
+                 "the attempts refused are withdrawn. Fix the API key (gateway.api_key_file or "
+                 "the gateway_api_key credential) and reload with SIGHUP (systemctl reload "
+                 "pledged).",
                  b->halt_reason);
 }
 
@@ -753,13 +1021,16 @@ static void gateway_done(const struct pl_gateway_result *res, void *arg)
     b->stats.sent++;
     if ((unsigned)res->outcome < PL_OUT_COUNT)
         b->stats.outcomes[res->outcome]++;
-    if (res->outcome == PL_OUT_HALT)
+    if (res->outcome == PL_OUT_HALT) {
         halt(b, res);
+        withdraw_ready(b);
+    }
     const char *outcome = record_outcome(w, res);
-    pl_log_debug("billing", "charge %" PRId64 " attempt %s: %s (HTTP %ld %s)", w->charge_id,
-                 w->key, outcome, res->http_status, res->decline_code);
+    pl_log_debug("billing", "charge %" PRId64 " attempt %s: %s (HTTP %ld %s)", w->charge_id, w->key,
+                 outcome, res->http_status, res->decline_code);
     buffer_record(b, w, outcome, res);
     work_free(w);
+    pump(b);
     if (b->more_work)
         claim_step(b);
     check_idle(b);
@@ -819,6 +1090,8 @@ static void count_results(struct pl_billing *b, const struct pl_db_result *r, in
             b->stats.stale++;
         else if (strcmp(t, "retry_wait") == 0)
             b->stats.retry_waits++;
+        else if (strcmp(t, "not_found") == 0)
+            b->rescan = true; /* the charge is due again, under a new key */
     }
 }
 
@@ -830,9 +1103,9 @@ static void flush_retry_fired(uv_timer_t *t)
 static void recorded_singly(const struct pl_db_result *r, int err, void *arg)
 {
     struct pl_billing *b = arg;
-    b->flushing = false;
-    if (b->freeing)
+    if (!db_returned(b))
         return;
+    b->flushing = false;
     if (err == PL_EDBLOST || err == PL_ETIMEOUT) {
         b->nflushing = 0; /* keep them; pl_record is idempotent */
         uv_timer_start(&b->flush_timer, flush_retry_fired, DB_RETRY_MS, 0);
@@ -861,20 +1134,20 @@ static void recorded_singly(const struct pl_db_result *r, int err, void *arg)
 static void recorded(const struct pl_db_result *r, int err, void *arg)
 {
     struct pl_billing *b = arg;
-    b->flushing = false;
-    if (b->freeing)
+    if (!db_returned(b))
         return;
+    b->flushing = false;
     if (err == PL_EDB) {
         /* One bad statement rolled the whole batch back: record each on its
          * own so the others are not held hostage. */
         pl_log_warn("billing", "batch of %zu outcomes failed (%s); recording them one by one",
-                    b->nflushing, pl_db_result_error_message(r) ? pl_db_result_error_message(r)
-                                                                : "?");
+                    b->nflushing,
+                    pl_db_result_error_message(r) ? pl_db_result_error_message(r) : "?");
         struct pl_db_tx *batch = pl_db_batch_new(b->db);
         for (size_t i = 0; i < b->nflushing; i++)
             add_record_stmt(b, batch, &b->buf[i]);
         b->flushing = true;
-        if (pl_db_tx_commit(batch, recorded_singly, b) < 0) {
+        if (db_commit(b, batch, recorded_singly) < 0) {
             b->flushing = false;
             b->nflushing = 0;
             uv_timer_start(&b->flush_timer, flush_retry_fired, DB_RETRY_MS, 0);
@@ -908,7 +1181,7 @@ static void flush(struct pl_billing *b)
         add_record_stmt(b, tx, &b->buf[i]);
     b->nflushing = n;
     b->flushing = true;
-    if (pl_db_tx_commit(tx, recorded, b) < 0) {
+    if (db_commit(b, tx, recorded) < 0) {
         b->flushing = false;
         b->nflushing = 0;
         uv_timer_start(&b->flush_timer, flush_retry_fired, DB_RETRY_MS, 0);

@@ -27,22 +27,23 @@
 struct pl_billing;
 
 struct pl_billing_opts {
-    const char *node_name;        /* lease owner; stable across restarts */
-    const char *timezone;         /* org time zone (IANA) */
-    int charge_time_minutes;      /* local time of day a period becomes due */
+    const char *node_name;   /* lease owner; stable across restarts */
+    const char *timezone;    /* org time zone (IANA) */
+    int charge_time_minutes; /* local time of day a period becomes due */
     enum pl_catch_up catch_up;
-    int batch_size;               /* materialise / claim / record batch */
-    int max_in_flight;            /* charges sent and not yet answered */
+    int batch_size;    /* materialise / claim / record batch */
+    int max_in_flight; /* requests the gateway client keeps open */
+    int rate_limit;    /* gateway requests per second (bounds how much is claimed) */
     int64_t lease_ms;
-    int64_t poll_interval_ms;     /* timer between scans when nothing wakes us */
+    int64_t poll_interval_ms; /* timer between scans when nothing wakes us */
     int64_t idempotency_window_ms;
-    int64_t lookup_settle_ms;     /* trust a lookup's "not found" only after this */
+    int64_t lookup_settle_ms; /* trust a lookup's "not found" only after this */
     const struct pl_duration_list *retry_schedule;
     const struct pl_duration_list *reconcile_schedule;
     int lapse_after;
     int64_t unknown_alert_after_ms;
     const char *statement_descriptor_suffix; /* may be NULL */
-    bool once;                    /* bill what is due now, then report done */
+    bool once;                               /* bill what is due now, then report done */
 };
 
 struct pl_billing_stats {
@@ -50,9 +51,10 @@ struct pl_billing_stats {
     uint64_t claimed, recovered, checks; /* work taken: new attempts, expired leases, unknowns */
     uint64_t sent;                       /* gateway operations completed */
     uint64_t outcomes[PL_OUT_COUNT];     /* by class, as returned by the gateway */
-    uint64_t retry_waits, stale;         /* soft declines put on the dunning schedule; late results */
+    uint64_t retry_waits, stale; /* soft declines put on the dunning schedule; late results */
     uint64_t record_batches, record_errors;
-    unsigned in_flight, buffered;
+    unsigned in_flight, ready, buffered; /* sent / claimed, not yet sent / outcomes to record */
+    uint64_t stuck_unknown; /* charges unknown for longer than unknown_alert_after */
     bool halted;
     bool draining;
 };
@@ -77,15 +79,24 @@ void pl_billing_start(struct pl_billing *b);
 void pl_billing_wake(struct pl_billing *b);
 
 /* Replace the gateway (after a SIGHUP reload) and options that may change
- * live; clears a halt. The old gateway must have no operations left from
- * this engine (drain first) or be kept alive by the caller until idle. */
+ * live (never the node name: it owns the leases); clears a halt. The old
+ * gateway must have no operations left from this engine (drain first) or
+ * be kept alive by the caller until idle.
+ *
+ * Halt: a reply saying our credentials are refused (401/403) stops all
+ * claiming. The attempt it answered is withdrawn when it was a first send
+ * (nothing executed; no donor's attempt burned, nothing marked declined);
+ * a resend or lookup leaves its attempt open for the reconciler. */
 void pl_billing_set_gateway(struct pl_billing *b, struct pl_gateway *gw);
 void pl_billing_set_opts(struct pl_billing *b, const struct pl_billing_opts *opts);
 
 /*
  * Stop claiming; let sends in flight finish and their outcomes be recorded.
- * cb runs once nothing is in flight or buffered. What is still in flight
- * when the caller gives up stays leased in the database for recovery.
+ * A claim that returns after this sends nothing: its new attempts are
+ * withdrawn (the charges go back as they were), anything else is released
+ * as it was. cb runs once nothing is in flight or buffered. What is still
+ * in flight when the caller gives up stays leased in the database for
+ * recovery with the same keys.
  */
 typedef void (*pl_billing_drained_cb)(struct pl_billing *b, void *arg);
 void pl_billing_drain(struct pl_billing *b, pl_billing_drained_cb cb, void *arg);

@@ -55,7 +55,8 @@ struct buf {
     size_t len, cap;
 };
 
-static void buf_vprintf(struct buf *b, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static void buf_vprintf(struct buf *b, const char *fmt,
+                                                                va_list ap)
 {
     va_list ap2;
     va_copy(ap2, ap);
@@ -272,8 +273,10 @@ static const struct key keys[] = {
     INT("gateway", "max_in_flight", gateway.max_in_flight, 1, 1024, 0),
     INT("gateway", "rate_limit", gateway.rate_limit, 1, 10000, 0),
     INT("gateway", "rate_burst", gateway.rate_burst, 1, 1000, 0),
-    MS("gateway", "connect_timeout", gateway.connect_timeout_ms, 100, 10 * MS_PER_MIN, 0),
-    MS("gateway", "request_timeout", gateway.request_timeout_ms, MS_PER_S, 10 * MS_PER_MIN, 0),
+    /* lib/http sets these per client; changing them needs a restart */
+    MS("gateway", "connect_timeout", gateway.connect_timeout_ms, 100, 10 * MS_PER_MIN, F_RESTART),
+    MS("gateway", "request_timeout", gateway.request_timeout_ms, MS_PER_S, 10 * MS_PER_MIN,
+       F_RESTART),
     MS("gateway", "idempotency_window", gateway.idempotency_window_ms, MS_PER_S, MS_PER_D, 0),
     MS("gateway", "lookup_settle", gateway.lookup_settle_ms, 0, MS_PER_D, 0),
     STR("gateway", "statement_descriptor_suffix", gateway.statement_descriptor_suffix,

@@ -130,7 +130,7 @@ CREATE TABLE charge (
 );
 CREATE INDEX charge_donor ON charge (donor_id);
 -- claimable: waiting for a first attempt or a dunning retry
-CREATE INDEX charge_claimable ON charge (next_attempt_at) WHERE status IN ('scheduled', 'retry_wait');
+CREATE INDEX charge_claimable ON charge (next_attempt_at, id) WHERE status IN ('scheduled', 'retry_wait');
 -- leased: in the hands of a daemon; recovered when the lease expires
 CREATE INDEX charge_leased ON charge (lease_expires_at) WHERE status = 'processing';
 CREATE INDEX charge_unknown ON charge (next_attempt_at) WHERE status = 'unknown';

@@ -7,6 +7,11 @@
 -- test clock in a test database; leases and reconciliation checks are about
 -- live processes and a live gateway, so they use the real now().
 
+-- When the current lease was taken (real time). A daemon that starts takes
+-- back its own node's leases taken before it started at once, whatever lease
+-- length the earlier process ran with; NULL counts as long ago.
+ALTER TABLE charge ADD COLUMN lease_taken_at timestamptz;
+
 -- ---------------------------------------------------------------------------
 -- Materialise: pledges whose next period has come get their charge rows and
 -- advance. With catch_up 'latest' only the newest missed period is charged;
@@ -105,10 +110,13 @@ END $$;
 -- Claim: take up to p_limit charges for this node and say what to do with
 -- each. Three kinds of work, in this order:
 --   recover  charges leased to a dead sender (lease expired, or leased to
---            this very node by a process that ran before
---            p_recover_own_before, i.e. before this one started): the
---            open attempt is resent with the same key inside the
---            idempotency window, looked up by key after it;
+--            this very node before p_recover_own_before: by a process that
+--            ran before this one started, or by a claim of this one whose
+--            commit was lost with its connection): the open attempt is
+--            resent with the same key inside the idempotency window (unless
+--            its last reply was a saved 5xx), looked up by key after it.
+--            p_in_hand lists charges the caller is still sending or
+--            recording: never taken back from under it;
 --   check    charges whose attempt outcome is unknown and whose next check
 --            is due, or whose attempt was last sent before
 --            p_check_sent_before (--once checks everything left from before
@@ -123,7 +131,7 @@ END $$;
 CREATE FUNCTION pl_claim(p_owner text, p_limit integer, p_lease interval,
                          p_window interval, p_recover_own_before timestamptz,
                          p_check_sent_before timestamptz,
-                         p_actor text)
+                         p_actor text, p_in_hand bigint[] DEFAULT NULL)
 RETURNS TABLE (charge_id bigint, attempt_no integer, idempotency_key text, mode text,
                recovered boolean,
                amount_minor bigint, currency char(3), customer_ref text, token text,
@@ -140,7 +148,8 @@ DECLARE
 BEGIN
     -- 1. recover expired (or our own, at start-up) leases
     FOR r IN
-        SELECT c.id, a.attempt_no AS ano, a.idempotency_key AS akey, a.started_at,
+        SELECT c.id, a.id AS aid, a.attempt_no AS ano, a.idempotency_key AS akey, a.started_at,
+               a.http_status AS hstatus,
                a.amount_minor AS amt, a.currency AS cur, m.customer_ref AS cref, m.token AS tok,
                m.gateway AS gw, c.donor_id AS did, c.pledge_id AS pid, c.period AS per,
                c.fund AS f, c.lease_owner
@@ -148,20 +157,32 @@ BEGIN
         JOIN charge_attempt a ON a.charge_id = c.id AND a.state IN ('in_flight', 'unknown')
         LEFT JOIN payment_method m ON m.id = a.payment_method_id
         WHERE c.status = 'processing'
+          AND NOT (c.id = ANY (coalesce(p_in_hand, '{}')))
           AND (c.lease_expires_at < v_real
-               OR (c.lease_owner = p_owner AND c.lease_expires_at < p_recover_own_before + p_lease))
+               OR (c.lease_owner = p_owner
+                   AND coalesce(c.lease_taken_at, '-infinity') < p_recover_own_before))
         ORDER BY c.lease_expires_at
         LIMIT v_left
         FOR UPDATE OF c SKIP LOCKED
     LOOP
         UPDATE charge SET lease_owner = p_owner, lease_expires_at = v_real + p_lease,
-                          updated_at = v_now
+                          lease_taken_at = v_real, updated_at = v_now
         WHERE id = r.id;
+        -- Same rule as for unknown outcomes below: a saved server error is
+        -- only replayed by a resend, so it is looked up instead.
+        mode := CASE WHEN v_real - r.started_at < p_window AND coalesce(r.hstatus, 0) < 500
+                     THEN 'resend' ELSE 'lookup' END;
+        -- The dead sender may have sent the attempt: from now on it counts
+        -- as sent (a halt never withdraws it, and a lookup's "not found" is
+        -- trusted only lookup_settle after the last possible send).
+        UPDATE charge_attempt
+        SET last_sent_at = CASE WHEN mode = 'resend' THEN v_real
+                                ELSE coalesce(last_sent_at, started_at) END
+        WHERE id = r.aid;
         INSERT INTO event (at, actor, entity, entity_id, action, detail)
         VALUES (v_now, p_actor, 'charge', r.id, 'recovered',
-                jsonb_build_object('from', r.lease_owner, 'attempt', r.akey));
+                jsonb_build_object('from', r.lease_owner, 'attempt', r.akey, 'mode', mode));
         charge_id := r.id; attempt_no := r.ano; idempotency_key := r.akey;
-        mode := CASE WHEN v_real - r.started_at < p_window THEN 'resend' ELSE 'lookup' END;
         recovered := true;
         amount_minor := r.amt; currency := r.cur; customer_ref := r.cref; token := r.tok;
         gateway := r.gw; donor_id := r.did; pledge_id := r.pid; period := r.per; fund := r.f;
@@ -172,8 +193,8 @@ BEGIN
     -- 2. unknown outcomes due for a check
     IF v_left > 0 THEN
         FOR r IN
-            SELECT c.id, a.attempt_no AS ano, a.idempotency_key AS akey, a.started_at,
-                   a.http_status AS hstatus,
+            SELECT c.id, a.id AS aid, a.attempt_no AS ano, a.idempotency_key AS akey,
+                   a.started_at, a.http_status AS hstatus,
                    a.amount_minor AS amt, a.currency AS cur, m.customer_ref AS cref,
                    m.token AS tok, m.gateway AS gw, c.donor_id AS did, c.pledge_id AS pid,
                    c.period AS per, c.fund AS f
@@ -189,7 +210,8 @@ BEGIN
             FOR UPDATE OF c SKIP LOCKED
         LOOP
             UPDATE charge SET status = 'processing', lease_owner = p_owner,
-                              lease_expires_at = v_real + p_lease, updated_at = v_now
+                              lease_expires_at = v_real + p_lease, lease_taken_at = v_real,
+                              updated_at = v_now
             WHERE id = r.id;
             charge_id := r.id; attempt_no := r.ano; idempotency_key := r.akey;
             -- A resend inside the window gets the gateway's saved reply: the
@@ -198,6 +220,10 @@ BEGIN
             -- looked up by key instead.
             mode := CASE WHEN v_real - r.started_at < p_window AND coalesce(r.hstatus, 0) < 500
                          THEN 'resend' ELSE 'lookup' END;
+            -- Write-ahead: a resend counts as sent from the moment it may be.
+            IF mode = 'resend' THEN
+                UPDATE charge_attempt SET last_sent_at = v_real WHERE id = r.aid;
+            END IF;
             recovered := false;
             amount_minor := r.amt; currency := r.cur; customer_ref := r.cref; token := r.tok;
             gateway := r.gw; donor_id := r.did; pledge_id := r.pid; period := r.per;
@@ -240,8 +266,8 @@ BEGIN
                                         amount_minor, currency, state, started_at)
             VALUES (r.id, v_attempt, v_key, r.pmid, r.amt, r.cur, 'in_flight', v_real);
             UPDATE charge SET status = 'processing', lease_owner = p_owner,
-                              lease_expires_at = v_real + p_lease, amount_minor = r.amt,
-                              updated_at = v_now
+                              lease_expires_at = v_real + p_lease, lease_taken_at = v_real,
+                              amount_minor = r.amt, updated_at = v_now
             WHERE id = r.id;
             charge_id := r.id; attempt_no := v_attempt; idempotency_key := v_key;
             mode := 'send'; recovered := false; amount_minor := r.amt; currency := r.cur; customer_ref := r.cref;
@@ -302,20 +328,40 @@ BEGIN
         'gateway_ref', p_gateway_ref, 'request_id', p_request_id, 'error_code', p_error_code,
         'decline_code', p_decline_code, 'advice_code', p_advice_code));
 
-    IF p_outcome = 'halt' THEN
-        -- The gateway refused our credentials: nothing executed. The attempt
-        -- is withdrawn so no donor's attempt is burned; the charge goes back
-        -- exactly as it was.
+    IF p_outcome IN ('halt', 'withdraw')
+       AND a.state = 'in_flight' AND a.sends = 0 AND a.last_sent_at IS NULL THEN
+        -- An attempt that was never sent before this claim (the gateway
+        -- refused our credentials, or the daemon stopped before sending):
+        -- nothing executed. The attempt is withdrawn so no donor's attempt
+        -- is burned; the charge goes back exactly as it was.
         DELETE FROM charge_attempt WHERE id = a.id;
         UPDATE charge SET status = CASE WHEN c.dunning_attempts > 0 THEN 'retry_wait'
                                         ELSE 'scheduled' END,
                           lease_owner = NULL, lease_expires_at = NULL
         WHERE id = c.id;
-        RETURN 'halted';
+        RETURN CASE p_outcome WHEN 'halt' THEN 'halted' ELSE 'withdrawn' END;
+    END IF;
+
+    IF p_outcome IN ('halt', 'withdraw', 'release') THEN
+        -- An attempt that may have executed (a resend, a lookup, a recovered
+        -- lease), and we learned nothing new: it stays open and the charge
+        -- goes back to where the next claim finds it. An unknown outcome
+        -- keeps its place on the reconcile schedule; an attempt still in
+        -- flight keeps its lease, expired, so it is recovered with its key.
+        IF a.state = 'unknown' THEN
+            UPDATE charge SET status = 'unknown', lease_owner = NULL, lease_expires_at = NULL
+            WHERE id = c.id;
+        ELSE
+            UPDATE charge SET lease_expires_at = least(lease_expires_at, v_real)
+            WHERE id = c.id;
+        END IF;
+        RETURN 'released';
     END IF;
 
     UPDATE charge_attempt SET
-        outcome = p_outcome,
+        -- 'not_found' is not an attempt outcome (the column says what the
+        -- gateway answered to a send); the state below tells the story.
+        outcome = CASE WHEN p_outcome = 'not_found' THEN outcome ELSE p_outcome END,
         sends = sends + coalesce(p_sends, 0),
         http_status = coalesce(p_http_status, http_status),
         gateway_ref = coalesce(p_gateway_ref, gateway_ref),
@@ -444,6 +490,39 @@ BEGIN
                            ELSE p_outcome END,
             v_detail);
     RETURN p_outcome;
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- Unknown outcomes stuck longer than p_after (since the attempt was first
+-- sent) are surfaced, never guessed: each stuck attempt gets one
+-- 'unknown_alert' event (once, whichever daemon sees it first), and the
+-- caller logs the newly alerted charges. Returns how many are stuck now
+-- and the charges alerted by this call.
+CREATE FUNCTION pl_unknown_alerts(p_after interval, p_actor text)
+RETURNS TABLE (stuck integer, alerted bigint[])
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_real timestamptz := now();
+BEGIN
+    RETURN QUERY
+    WITH s AS (
+        SELECT a.charge_id, a.idempotency_key AS akey, a.started_at
+        FROM charge_attempt a
+        WHERE a.state IN ('in_flight', 'unknown') AND a.started_at < v_real - p_after
+    ), fresh AS (
+        INSERT INTO event (at, actor, entity, entity_id, action, detail)
+        SELECT pl_now(), p_actor, 'charge', s.charge_id, 'unknown_alert',
+               jsonb_build_object('attempt', s.akey, 'since', s.started_at)
+        FROM s
+        WHERE NOT EXISTS (SELECT 1 FROM event e
+                          WHERE e.entity = 'charge' AND e.entity_id = s.charge_id
+                            AND e.action = 'unknown_alert' AND e.detail->>'attempt' = s.akey)
+        RETURNING entity_id
+    )
+    SELECT (SELECT count(*) FROM s)::integer,
+           coalesce((SELECT array_agg(f.entity_id ORDER BY f.entity_id) FROM fresh f),
+                    '{}'::bigint[]);
 END $$;
 
 -- ---------------------------------------------------------------------------

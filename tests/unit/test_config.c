@@ -952,13 +952,13 @@ static void test_diff(void **state)
     assert_false(restart);
     pl_config_release(&b);
 
-    expect_ok("[gateway]\nrate_limit = 50\nrequest_timeout = 2m\n"
+    expect_ok("[gateway]\nrate_limit = 50\nrate_burst = 9\n"
               "[billing]\nretry_schedule = 1d,2d\n[log]\nlevel = debug\n",
               &b);
     assert_int_equal(pl_config_diff(&a, &b, &summary, &restart), 4);
     assert_false(restart);
     assert_string_equal(summary, "[gateway] rate_limit: 20 -> 50 (applied live)\n"
-                                 "[gateway] request_timeout: 1m -> 2m (applied live)\n"
+                                 "[gateway] rate_burst: 5 -> 9 (applied live)\n"
                                  "[billing] retry_schedule: 1d,3d,5d,7d -> 1d,2d (applied live)\n"
                                  "[log] level: info -> debug (applied live)");
     free(summary);
