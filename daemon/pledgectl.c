@@ -32,6 +32,7 @@ static const char USAGE[] =
     "  import    onboard donors or pledges from a CRM export (CSV)\n"
     "  charge    list, show, retry, refund charges\n"
     "  clock     show or move the test clock (test databases only)\n"
+    "  export    finance CSV: charges, refunds, donors, pledges, summary, receipts\n"
     "  receipts  year-end tax receipts: generate, list, show, void\n"
     "\n"
     "Options:\n"
@@ -476,7 +477,7 @@ static const struct command COMMANDS[] = {
     {"migrate", ctl_cmd_migrate}, {"status", ctl_cmd_status}, {"donor", ctl_cmd_donor},
     {"method", ctl_cmd_method},   {"pledge", ctl_cmd_pledge}, {"import", ctl_cmd_import},
     {"charge", ctl_cmd_charge},   {"clock", ctl_cmd_clock},
-    {"receipts", ctl_cmd_receipts},
+    {"export", ctl_cmd_export},   {"receipts", ctl_cmd_receipts},
 };
 
 static int load_config(struct ctl *ctl)

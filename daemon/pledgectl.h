@@ -126,6 +126,7 @@ int ctl_cmd_charge(struct ctl *ctl, int argc, char **argv);
 int ctl_cmd_import(struct ctl *ctl, int argc, char **argv);
 int ctl_cmd_status(struct ctl *ctl, int argc, char **argv);
 int ctl_cmd_clock(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_export(struct ctl *ctl, int argc, char **argv);
 int ctl_cmd_receipts(struct ctl *ctl, int argc, char **argv);
 
 /* Shared between nouns */
