@@ -621,8 +621,11 @@ int main(int argc, char **argv)
     d.heartbeat.data = d.watchdog.data = d.deadline.data = d.status_timer.data = &d;
     uv_timer_start(&d.heartbeat, heartbeat, HEARTBEAT_MS, HEARTBEAT_MS);
     uv_timer_start(&d.status_timer, status_tick, STATUS_MS, STATUS_MS);
-    if (pledged_http_start(&d) < 0)
-        return 1;
+    if (pledged_http_start(&d) < 0) {
+        /* Close what was opened, through the loop, so nothing leaks. */
+        d.exit_code = 1;
+        close_all(&d);
+    }
 #ifdef PL_HAVE_SYSTEMD
     if (sd_watchdog_enabled(0, &d.watchdog_usec) > 0 && d.watchdog_usec > 0) {
         uint64_t every_ms = d.watchdog_usec / 2000;
