@@ -37,6 +37,10 @@ static const char SQL_RECORD[] =
     "SELECT pl_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
     " $15::interval[], $16, $17::interval[], $18::interval, $19)";
 
+static const char SQL_RECORD_SUCCEEDED[] =
+    "SELECT pl_record_succeeded($1, $2::bigint[], $3::integer[], $4::text[], $5::text[],"
+    " $6::integer[], $7::bigint[], $8::integer[], $9)";
+
 static const char SQL_COUNT_UNKNOWN[] = "SELECT count(*) FROM charge WHERE status = 'unknown'";
 
 static const char SQL_UNKNOWN_ALERTS[] =
@@ -122,6 +126,7 @@ struct pl_billing {
     struct record *buf;
     size_t nbuf, capbuf;
     size_t nflushing; /* records at the front of buf being written */
+    size_t flush_bulk; /* of those, successes in statement 0 (pl_record_succeeded) */
 
     pl_billing_drained_cb drained_cb;
     void *drained_arg;
@@ -1079,9 +1084,9 @@ static void drop_flushed(struct pl_billing *b)
     b->nflushing = 0;
 }
 
-static void count_results(struct pl_billing *b, const struct pl_db_result *r, int n)
+static void count_results(struct pl_billing *b, const struct pl_db_result *r, int first, int n)
 {
-    for (int i = 0; i < n; i++) {
+    for (int i = first; i < n; i++) {
         const struct pl_db_result *s = pl_db_result_stmt(r, i);
         const char *t = s ? pl_db_result_text(s, 0, 0) : NULL;
         if (!t)
@@ -1123,7 +1128,7 @@ static void recorded_singly(const struct pl_db_result *r, int err, void *arg)
         }
     }
     if (r)
-        count_results(b, r, n);
+        count_results(b, r, 0, n);
     b->stats.record_batches++;
     drop_flushed(b);
     if (b->nbuf > 0)
@@ -1162,12 +1167,97 @@ static void recorded(const struct pl_db_result *r, int err, void *arg)
         uv_timer_start(&b->flush_timer, flush_retry_fired, DB_RETRY_MS, 0);
         return;
     }
-    count_results(b, r, (int)b->nflushing);
+    int first = 0;
+    if (b->flush_bulk > 0) {
+        int64_t applied = 0;
+        pl_db_result_int64(pl_db_result_stmt(r, 0), 0, 0, &applied);
+        if ((size_t)applied < b->flush_bulk)
+            b->stats.stale += b->flush_bulk - (size_t)applied;
+        first = 1;
+    }
+    count_results(b, r, first, pl_db_result_nstmts(r));
     b->stats.record_batches++;
     drop_flushed(b);
     if (b->nbuf > 0)
         flush(b);
     check_idle(b);
+}
+
+/* A growing string for array literals. */
+struct sbuf {
+    char *s;
+    size_t len, cap;
+};
+
+static void sb_put(struct sbuf *sb, const char *t, size_t n)
+{
+    if (sb->len + n + 1 > sb->cap) {
+        sb->cap = (sb->len + n + 1) * 2;
+        sb->s = pl_xrealloc(sb->s, sb->cap);
+    }
+    memcpy(sb->s + sb->len, t, n);
+    sb->len += n;
+    sb->s[sb->len] = '\0';
+}
+
+/* Append one element to an array literal being built ("{" already in). */
+static void arr_add(struct sbuf *sb, const char *v)
+{
+    if (sb->len > 1)
+        sb_put(sb, ",", 1);
+    if (!v) {
+        sb_put(sb, "NULL", 4);
+        return;
+    }
+    sb_put(sb, "\"", 1);
+    for (const char *c = v; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            sb_put(sb, "\\", 1);
+        sb_put(sb, c, 1);
+    }
+    sb_put(sb, "\"", 1);
+}
+
+/* Successes go into one set-based statement; other outcomes one call each.
+ * Returns how many records went into the set-based statement. */
+static size_t add_records(struct pl_billing *b, struct pl_db_tx *tx, size_t n)
+{
+    struct sbuf arr[7] = {0};
+    size_t bulk = 0;
+    for (int k = 0; k < 7; k++)
+        sb_put(&arr[k], "{", 1);
+    for (size_t i = 0; i < n; i++) {
+        const struct record *r = &b->buf[i];
+        if (strcmp(r->outcome, "succeeded") != 0)
+            continue;
+        char charge[24], attempt[16], status[16], fee[24], sends[16];
+        snprintf(charge, sizeof(charge), "%" PRId64, r->charge_id);
+        snprintf(attempt, sizeof(attempt), "%d", r->attempt_no);
+        snprintf(status, sizeof(status), "%ld", r->http_status);
+        snprintf(fee, sizeof(fee), "%" PRId64, r->fee_minor);
+        snprintf(sends, sizeof(sends), "%u", r->sends);
+        arr_add(&arr[0], charge);
+        arr_add(&arr[1], attempt);
+        arr_add(&arr[2], r->gateway_ref);
+        arr_add(&arr[3], r->request_id);
+        arr_add(&arr[4], r->http_status > 0 ? status : NULL);
+        arr_add(&arr[5], r->has_fee ? fee : NULL);
+        arr_add(&arr[6], sends);
+        bulk++;
+    }
+    for (int k = 0; k < 7; k++)
+        sb_put(&arr[k], "}", 1);
+    if (bulk > 0) {
+        const char *p[] = {b->node,     arr[0].s, arr[1].s, arr[2].s, arr[3].s,
+                           arr[4].s,    arr[5].s, arr[6].s, b->actor};
+        pl_db_tx_add(tx, SQL_RECORD_SUCCEEDED, (int)PL_ARRAY_LEN(p), p);
+    }
+    for (int k = 0; k < 7; k++)
+        free(arr[k].s);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(b->buf[i].outcome, "succeeded") != 0)
+            add_record_stmt(b, tx, &b->buf[i]);
+    return bulk;
 }
 
 static void flush(struct pl_billing *b)
@@ -1177,8 +1267,7 @@ static void flush(struct pl_billing *b)
     uv_timer_stop(&b->flush_timer);
     size_t n = b->nbuf < (size_t)b->batch_size ? b->nbuf : (size_t)b->batch_size;
     struct pl_db_tx *tx = pl_db_tx_new(b->db);
-    for (size_t i = 0; i < n; i++)
-        add_record_stmt(b, tx, &b->buf[i]);
+    b->flush_bulk = add_records(b, tx, n);
     b->nflushing = n;
     b->flushing = true;
     if (db_commit(b, tx, recorded) < 0) {
