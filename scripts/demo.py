@@ -9,8 +9,10 @@ ledger against the database charge by charge.
 import argparse
 import collections
 import datetime as dt
+import json
 import os
 import random
+import subprocess
 import sys
 import time
 
@@ -70,6 +72,27 @@ def pick(rng, table):
     return table[-1]
 
 
+def give_new_cards(db, when):
+    """Operations on July 1: donors whose card failed send a new one, and an
+    operator records it with pledgectl, as they would from a donor's call."""
+    ctl = os.path.join(os.environ['PLEDGE_BUILD_DIR'], 'daemon', 'pledgectl')
+    rows = db.query("SELECT id, donor_id, status FROM pledge WHERE status IN "
+                    "('needs_payment_method', 'past_due', 'lapsed') ORDER BY id")
+    for pledge, donor, status in rows:
+        def run(*args):
+            out = subprocess.run([ctl, '--json'] + [str(a) for a in args], capture_output=True,
+                                 text=True, check=True)
+            return json.loads(out.stdout) if out.stdout.strip() else None
+        run('method', 'add', '--donor', donor, '--customer', 'cus_%d' % donor,
+            '--token', 'pm_card_visa__new%d' % pledge)
+        method = db.value("SELECT id FROM payment_method WHERE token = %s",
+                          ('pm_card_visa__new%d' % pledge,))
+        run('pledge', 'set-method', pledge, '--method', method)
+        if status == 'lapsed':
+            run('pledge', 'resume', pledge)
+    return len(rows)
+
+
 def money(db, minor, currency):
     exp = db.value('SELECT exponent FROM currency WHERE code = %s', (currency,))
     whole, frac = divmod(abs(minor), 10 ** exp)
@@ -119,8 +142,11 @@ def main():
           '0.2% 429s, 1-5 ms latency')
     started = time.monotonic()
     d = dt.date(year, 1, 1)
+    new_cards = 0
     while d.year == year:
         env.clock('%s 12:00:00+00' % d.isoformat())
+        if d == dt.date(year, 7, 1):
+            new_cards = give_new_cards(db, d)
         env.once()
         if d.day == 1 and sys.stderr.isatty():
             sys.stderr.write('\r  billing %s ...' % d.strftime('%B'))
@@ -153,11 +179,12 @@ def main():
             print('  %-28s %7d' % (s.replace('_', ' '), status[s]))
     print('  %-28s %7d  (%d of them later succeeded)' % ('went into dunning', retried,
                                                          recovered_after_retry))
-    print('  %-28s %7d  (lost reply or gateway error, resolved with the same key)' % (
-        'outcome unknown at first', unknown_then_known))
+    print('  %-28s %7d  (lost reply or gateway error; resent with the same key or looked'
+          ' up by it)' % ('outcome unknown at first', unknown_then_known))
     print('  %-28s %7d  (%d HTTP requests incl. same-key resends)' % ('attempts', attempts,
                                                                      sends))
-    print('\npledges')
+    print('\npledges  (on July 1, %d donors with a failing card gave a new one:'
+          ' pledgectl method add, pledge set-method, resume if lapsed)' % new_cards)
     for s in ['active', 'past_due', 'needs_payment_method', 'lapsed', 'paused', 'cancelled']:
         if pledges.get(s):
             print('  %-28s %7d' % (s.replace('_', ' '), pledges[s]))
