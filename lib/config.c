@@ -1166,7 +1166,8 @@ static char *reader(char *str, int num, void *stream)
     while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
         n--;
 
-    strcpy(str, "\n");
+    str[0] = '\n';
+    str[1] = '\0';
     if (n == 0 || *s == ';' || *s == '#')
         return str;
     if (n > (size_t)num - 3) {

@@ -161,6 +161,6 @@ char *pl_ctl_iso_timestamp(const char *pg, char *out, size_t n)
     out[10] = 'T';
     char *sign = strpbrk(out + 19, "+-");
     if (sign && strlen(sign) == 3) /* "+00" → "+00:00" */
-        strcat(out, ":00");
+        memcpy(out + strlen(out), ":00", 4); /* room checked above */
     return out;
 }

@@ -829,7 +829,7 @@ static int stripe_charge(void *state, const struct pl_gateway_charge *c,
     add_metadata(&body, &len, c->metadata, c->n_metadata);
 
     memset(out, 0, sizeof *out);
-    strcpy(out->method, "POST");
+    pl_strlcpy(out->method, "POST", sizeof(out->method));
     out->url = pl_xasprintf("%s/v1/payment_intents", st->base_url);
     out->body = body;
     out->body_len = len;
@@ -849,7 +849,7 @@ static int stripe_lookup_by_key(void *state, const char *key, struct pl_gateway_
     pl_form_escape(&q, &qlen, query);
     free(query);
     memset(out, 0, sizeof *out);
-    strcpy(out->method, "GET");
+    pl_strlcpy(out->method, "GET", sizeof(out->method));
     out->url = pl_xasprintf("%s/v1/payment_intents/search?query=%s", st->base_url, q);
     free(q);
     common_headers(st, out, NULL);
@@ -862,7 +862,7 @@ static int stripe_lookup_by_ref(void *state, const char *ref, struct pl_gateway_
     if (!ref_ok(ref))
         return PL_EINVAL;
     memset(out, 0, sizeof *out);
-    strcpy(out->method, "GET");
+    pl_strlcpy(out->method, "GET", sizeof(out->method));
     out->url = pl_xasprintf("%s/v1/payment_intents/%s", st->base_url, ref);
     common_headers(st, out, NULL);
     return 0;
@@ -891,7 +891,7 @@ static int stripe_refund(void *state, const struct pl_gateway_refund *r,
         pl_form_add(&body, &len, "reason", r->reason);
     add_metadata(&body, &len, r->metadata, r->n_metadata);
     memset(out, 0, sizeof *out);
-    strcpy(out->method, "POST");
+    pl_strlcpy(out->method, "POST", sizeof(out->method));
     out->url = pl_xasprintf("%s/v1/refunds", st->base_url);
     out->body = body;
     out->body_len = len;

@@ -96,7 +96,7 @@ int pl_receipt_money(int64_t minor, int exponent, const char *currency, char *bu
             grouped[o++] = ',';
         grouped[o++] = p[i];
     }
-    strcpy(grouped + o, p + int_len);
+    pl_strlcpy(grouped + o, p + int_len, sizeof(grouped) - o);
     int w = snprintf(buf, n, "%s %s", currency, grouped);
     return w < 0 || (size_t)w >= n ? PL_ERANGE : 0;
 }
