@@ -377,6 +377,15 @@ void ctl_print_result(struct ctl *ctl, const PGresult *res)
     pl_table_free(t);
 }
 
+int ctl_print_rows(struct ctl *ctl, PGresult *res)
+{
+    if (!res)
+        return ctl->db_exit == PL_EXIT_USAGE ? PL_EXIT_USAGE : PL_EXIT_FAILED;
+    ctl_print_result(ctl, res);
+    PQclear(res);
+    return PL_EXIT_OK;
+}
+
 void ctl_print_record(struct ctl *ctl, const PGresult *res)
 {
     struct pl_table *t = ctl_table_from_result(res);

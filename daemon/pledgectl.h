@@ -109,6 +109,9 @@ struct pl_table *ctl_table_from_result(const PGresult *res);
 
 /* Print a whole result as a table / its first row as a record. */
 void ctl_print_result(struct ctl *ctl, const PGresult *res);
+/* The end of a list command: print res's rows and clear it (res stolen; NULL
+ * after a failed query gives the exit code that failure deserves). */
+int ctl_print_rows(struct ctl *ctl, PGresult *res);
 void ctl_print_record(struct ctl *ctl, const PGresult *res);
 
 /* Print a JSON value (stolen) with stable key order, then a newline. */

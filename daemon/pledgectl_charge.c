@@ -122,11 +122,7 @@ static int charge_list(struct ctl *ctl, int argc, char **argv)
         "AND ($5::bigint IS NULL OR ch.pledge_id = $5) AND ($6::text IS NULL OR ch.fund = $6) "
         "ORDER BY ch.period, ch.id LIMIT nullif($7::bigint, 0) OFFSET $8::bigint",
         8, p);
-    if (!r)
-        return ctl->db_exit == PL_EXIT_USAGE ? PL_EXIT_USAGE : PL_EXIT_FAILED;
-    ctl_print_result(ctl, r);
-    PQclear(r);
-    return PL_EXIT_OK;
+    return ctl_print_rows(ctl, r);
 }
 
 /* ---- show --------------------------------------------------------------- */

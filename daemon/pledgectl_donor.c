@@ -471,11 +471,7 @@ static int donor_list(struct ctl *ctl, int argc, char **argv)
         " OR strpos(lower(coalesce(d.external_ref, '')), lower($1)) > 0 "
         "ORDER BY d.id LIMIT nullif($2::bigint, 0) OFFSET $3::bigint",
         3, p);
-    if (!r)
-        return PL_EXIT_FAILED;
-    ctl_print_result(ctl, r);
-    PQclear(r);
-    return PL_EXIT_OK;
+    return ctl_print_rows(ctl, r);
 }
 
 static const char DONOR_UPDATE_USAGE[] =
@@ -745,11 +741,7 @@ static int method_list(struct ctl *ctl, int argc, char **argv)
                            "FROM payment_method WHERE ($1::bigint IS NULL OR donor_id = $1) "
                            "AND ($2::text IS NULL OR status = $2) ORDER BY id",
                            2, p);
-    if (!r)
-        return PL_EXIT_FAILED;
-    ctl_print_result(ctl, r);
-    PQclear(r);
-    return PL_EXIT_OK;
+    return ctl_print_rows(ctl, r);
 }
 
 static const char METHOD_INVALIDATE_USAGE[] =

@@ -112,8 +112,13 @@ static const char CREATE_USAGE[] =
     "newest active payment method; without one the pledge starts as\n"
     "needs_payment_method.\n";
 
-static int get_pledge_for_update(struct ctl *ctl, const char *id, PGresult **out)
+/* Start a change of pledge `id`: connect, BEGIN, lock the row. Columns:
+ * status, donor_id, currency, exponent, amount_minor, payment_method_id,
+ * anchor_day. *out (new) is the row; the caller clears it. */
+static int begin_pledge_change(struct ctl *ctl, const char *id, PGresult **out)
 {
+    if (!ctl_db(ctl) || ctl_begin(ctl))
+        return PL_EXIT_FAILED;
     const char *p[1] = {id};
     PGresult *r = ctl_exec(ctl, "reading the pledge",
                            "SELECT p.status, p.donor_id, p.currency, c.exponent, p.amount_minor, "
@@ -468,11 +473,7 @@ static int pledge_list(struct ctl *ctl, int argc, char **argv)
         "AND ($3::text IS NULL OR p.fund = $3) "
         "ORDER BY p.id LIMIT nullif($4::bigint, 0) OFFSET $5::bigint",
         5, p);
-    if (!r)
-        return PL_EXIT_FAILED;
-    ctl_print_result(ctl, r);
-    PQclear(r);
-    return PL_EXIT_OK;
+    return ctl_print_rows(ctl, r);
 }
 
 /* ---- state changes ------------------------------------------------------ */
@@ -560,6 +561,26 @@ static int refuse_status(const char *id, const char *status, const char *verb, c
     return PL_EXIT_CONFLICT;
 }
 
+/* The common end of pause and cancel (pledge row already updated): its
+ * waiting charges are cancelled, the event written, the change committed. */
+static int stop_pledge(struct ctl *ctl, const char *id, const char *from, const char *action,
+                       const char *reason)
+{
+    int n, rc;
+    char why[40];
+    snprintf(why, sizeof(why), "pledge %s", action);
+    if ((rc = cancel_waiting_charges(ctl, id, why, &n)))
+        return rc;
+    json_t *d = json_pack("{s:s,s:i}", "from", from, "charges_cancelled", n);
+    if (reason)
+        json_object_set_new(d, "reason", json_string(reason));
+    if ((rc = ctl_event(ctl, "pledge", id, action, d)) || (rc = ctl_commit(ctl)))
+        return rc;
+    if (!ctl->json && n)
+        fprintf(stderr, "pledgectl: %d waiting charge%s cancelled\n", n, n == 1 ? "" : "s");
+    return print_pledge_done(ctl, id, action);
+}
+
 static const char PAUSE_USAGE[] =
     "usage: pledgectl pledge pause ID [--reason TEXT]\n"
     "\n"
@@ -574,10 +595,8 @@ static int pledge_pause(struct ctl *ctl, int argc, char **argv)
     int rc = parse_change(argc, argv, PAUSE_USAGE, true, false, false, false, &o, id);
     if (rc)
         return rc == HELP_SHOWN ? PL_EXIT_OK : rc;
-    if (!ctl_db(ctl) || ctl_begin(ctl))
-        return PL_EXIT_FAILED;
     PGresult *cur;
-    if ((rc = get_pledge_for_update(ctl, id, &cur)))
+    if ((rc = begin_pledge_change(ctl, id, &cur)))
         return rc;
     char status[32];
     pl_strlcpy(status, PQgetvalue(cur, 0, 0), sizeof(status));
@@ -593,17 +612,7 @@ static int pledge_pause(struct ctl *ctl, int argc, char **argv)
     if (!r)
         return PL_EXIT_FAILED;
     PQclear(r);
-    int n;
-    if ((rc = cancel_waiting_charges(ctl, id, "pledge paused", &n)))
-        return rc;
-    json_t *d = json_pack("{s:s,s:i}", "from", status, "charges_cancelled", n);
-    if (o.reason)
-        json_object_set_new(d, "reason", json_string(o.reason));
-    if ((rc = ctl_event(ctl, "pledge", id, "paused", d)) || (rc = ctl_commit(ctl)))
-        return rc;
-    if (!ctl->json && n)
-        fprintf(stderr, "pledgectl: %d waiting charge%s cancelled\n", n, n == 1 ? "" : "s");
-    return print_pledge_done(ctl, id, "paused");
+    return stop_pledge(ctl, id, status, "paused", o.reason);
 }
 
 static const char RESUME_USAGE[] =
@@ -619,10 +628,8 @@ static int pledge_resume(struct ctl *ctl, int argc, char **argv)
     int rc = parse_change(argc, argv, RESUME_USAGE, false, false, false, false, &o, id);
     if (rc)
         return rc == HELP_SHOWN ? PL_EXIT_OK : rc;
-    if (!ctl_db(ctl) || ctl_begin(ctl))
-        return PL_EXIT_FAILED;
     PGresult *cur;
-    if ((rc = get_pledge_for_update(ctl, id, &cur)))
+    if ((rc = begin_pledge_change(ctl, id, &cur)))
         return rc;
     char status[32];
     pl_strlcpy(status, PQgetvalue(cur, 0, 0), sizeof(status));
@@ -668,10 +675,8 @@ static int pledge_cancel(struct ctl *ctl, int argc, char **argv)
     int rc = parse_change(argc, argv, CANCEL_USAGE, true, true, false, false, &o, id);
     if (rc)
         return rc == HELP_SHOWN ? PL_EXIT_OK : rc;
-    if (!ctl_db(ctl) || ctl_begin(ctl))
-        return PL_EXIT_FAILED;
     PGresult *cur;
-    if ((rc = get_pledge_for_update(ctl, id, &cur)))
+    if ((rc = begin_pledge_change(ctl, id, &cur)))
         return rc;
     char status[32];
     pl_strlcpy(status, PQgetvalue(cur, 0, 0), sizeof(status));
@@ -689,16 +694,7 @@ static int pledge_cancel(struct ctl *ctl, int argc, char **argv)
     if (!r)
         return PL_EXIT_FAILED;
     PQclear(r);
-    int n;
-    if ((rc = cancel_waiting_charges(ctl, id, "pledge cancelled", &n)))
-        return rc;
-    json_t *d = json_pack("{s:s,s:s,s:i}", "from", status, "reason", o.reason,
-                          "charges_cancelled", n);
-    if ((rc = ctl_event(ctl, "pledge", id, "cancelled", d)) || (rc = ctl_commit(ctl)))
-        return rc;
-    if (!ctl->json && n)
-        fprintf(stderr, "pledgectl: %d waiting charge%s cancelled\n", n, n == 1 ? "" : "s");
-    return print_pledge_done(ctl, id, "cancelled");
+    return stop_pledge(ctl, id, status, "cancelled", o.reason);
 }
 
 static const char SET_AMOUNT_USAGE[] =
@@ -714,10 +710,8 @@ static int pledge_set_amount(struct ctl *ctl, int argc, char **argv)
     int rc = parse_change(argc, argv, SET_AMOUNT_USAGE, false, false, true, false, &o, id);
     if (rc)
         return rc == HELP_SHOWN ? PL_EXIT_OK : rc;
-    if (!ctl_db(ctl) || ctl_begin(ctl))
-        return PL_EXIT_FAILED;
     PGresult *cur;
-    if ((rc = get_pledge_for_update(ctl, id, &cur)))
+    if ((rc = begin_pledge_change(ctl, id, &cur)))
         return rc;
     char status[32], currency[8], old[24];
     pl_strlcpy(status, PQgetvalue(cur, 0, 0), sizeof(status));
@@ -774,10 +768,8 @@ static int pledge_set_method(struct ctl *ctl, int argc, char **argv)
         return rc == HELP_SHOWN ? PL_EXIT_OK : rc;
     if ((rc = ctl_parse_id("--method", o.method, mid)))
         return rc;
-    if (!ctl_db(ctl) || ctl_begin(ctl))
-        return PL_EXIT_FAILED;
     PGresult *cur;
-    if ((rc = get_pledge_for_update(ctl, id, &cur)))
+    if ((rc = begin_pledge_change(ctl, id, &cur)))
         return rc;
     char status[32], donor[24], old[24];
     pl_strlcpy(status, PQgetvalue(cur, 0, 0), sizeof(status));

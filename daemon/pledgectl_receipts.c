@@ -325,11 +325,7 @@ static int receipts_list(struct ctl *ctl, int argc, char **argv)
         "AND ($2::bigint IS NULL OR r.donor_id = $2::bigint) AND ($3::text IS NULL OR r.status = $3) "
         "ORDER BY r.tax_year, r.number",
         3, p);
-    if (!r)
-        return PL_EXIT_FAILED;
-    ctl_print_result(ctl, r);
-    PQclear(r);
-    return PL_EXIT_OK;
+    return ctl_print_rows(ctl, r);
 }
 
 /* ---- show ------------------------------------------------------------------ */

@@ -151,7 +151,8 @@ static char *dup_or_null(const char *s)
     return s && *s ? pl_xstrdup(s) : NULL;
 }
 
-char *pl_billing_interval_array(const struct pl_duration_list *l)
+/* An interval[] literal for a duration list: {"86400000 milliseconds",...}. New. */
+static char *interval_array(const struct pl_duration_list *l)
 {
     size_t cap = 2 + (l ? l->len : 0) * 40, len = 0;
     char *out = pl_xmalloc(cap);
@@ -202,8 +203,8 @@ static void apply_opts(struct pl_billing *b, const struct pl_billing_opts *o)
         if (sendable < b->capacity)
             b->capacity = sendable > b->max_in_flight ? (int)sendable : b->max_in_flight;
     }
-    b->retry_schedule = pl_billing_interval_array(o->retry_schedule);
-    b->reconcile_schedule = pl_billing_interval_array(o->reconcile_schedule);
+    b->retry_schedule = interval_array(o->retry_schedule);
+    b->reconcile_schedule = interval_array(o->reconcile_schedule);
     snprintf(b->lapse_after, sizeof(b->lapse_after), "%d", o->lapse_after);
     b->alert_after_ms =
         o->unknown_alert_after_ms > 0 ? o->unknown_alert_after_ms : 2 * 3600 * INT64_C(1000);

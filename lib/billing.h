@@ -109,8 +109,4 @@ const char *pl_billing_halt_reason(const struct pl_billing *b);
  * stay leased for recovery) and free. Accepts NULL. */
 void pl_billing_free(struct pl_billing *b);
 
-/* Text of an interval[] literal for a duration list ("{\"86400000 ms\"...}"),
- * exposed for tests. Returns a new string. */
-char *pl_billing_interval_array(const struct pl_duration_list *l);
-
 #endif

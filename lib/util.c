@@ -45,21 +45,6 @@ const char *pl_strerror(int err)
     return "unknown error";
 }
 
-enum pl_exit pl_exit_for(int err)
-{
-    switch (err) {
-    case 0:
-        return PL_EXIT_OK;
-    case PL_ENOTFOUND:
-    case -ENOENT:
-        return PL_EXIT_NOTFOUND;
-    case PL_ECONFLICT:
-        return PL_EXIT_CONFLICT;
-    default:
-        return PL_EXIT_FAILED;
-    }
-}
-
 static void oom(void)
 {
     static const char msg[] = "pledged: out of memory\n";

@@ -43,8 +43,6 @@ enum pl_exit {
     PL_EXIT_CONFLICT = 4,
 };
 
-/* Map an error code to the CLI exit code it deserves. */
-enum pl_exit pl_exit_for(int err);
 
 #define PL_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
